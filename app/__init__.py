@@ -1,0 +1,1 @@
+"""Gradio modality-interpolation demo: ``gen_align.app``."""

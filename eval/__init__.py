@@ -1,0 +1,1 @@
+"""Evaluation harness (FID, retrieval benchmarks, gap analysis, reports): ``gen_align.eval``."""

@@ -1,0 +1,61 @@
+"""Atomic result writing and safetensors embedding files, with errors that say how to fix them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gen_align.errors import InputFileError, OutputError
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename: a crash or a full disk
+    never leaves a truncated file behind."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise OutputError(
+            f"could not write {path}: {err.strerror or err}. Free disk space or choose another output directory."
+        ) from err
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON (indented, UTF-8) written with :func:`write_text_atomic`."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file of ``{modality: (N, d)}`` embeddings."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"embeddings file {path} does not exist; pass a .safetensors file of (N, d) tensors.")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputFileError(
+            f"{path} is not a readable safetensors file ({err}). Save embeddings with "
+            "safetensors.torch.save_file({'image': z_img, 'text': z_txt}, path)."
+        ) from err
+    if not tensors:
+        raise InputFileError(f"{path} holds no tensors; expected one (N, d) tensor per modality.")
+    return tensors

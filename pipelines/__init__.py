@@ -1,0 +1,1 @@
+"""Decoder adapters (Stable UnCLIP, Kandinsky 2.2, mini) and embedding blends: ``gen_align.pipelines``."""

@@ -1,0 +1,104 @@
+"""The console script: --help/--version, objectives listing, analyze on a file, user errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import gen_align
+from gen_align.cli import main
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gen_align", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_python_m_help_and_version():
+    out = run_module("--help")
+    assert out.returncode == 0 and "analyze" in out.stdout and "objectives" in out.stdout
+    out = run_module("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"gen-align {gen_align.__version__}"
+
+
+def test_objectives_json_lists_registry(capsys):
+    assert main(["objectives", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert set(table) == {"unialign", "unialign-geodesic", "infonce", "gram", "geo-ot"}
+    assert table["unialign-geodesic"]["defaults"]["geometry"] == "geodesic"
+
+
+@pytest.fixture
+def paired_embeddings(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(64, 16, generator=g)
+    z = {
+        "image": latent + 0.3 * torch.randn(64, 16, generator=g),
+        "text": latent + 0.3 * torch.randn(64, 16, generator=g) + 2.0,  # shifted: a modality gap
+        "audio": latent + 0.3 * torch.randn(64, 16, generator=g),
+    }
+    path = tmp_path / "emb.safetensors"
+    save_file(z, str(path))
+    return path, z
+
+
+def test_analyze_writes_json_and_markdown(paired_embeddings, tmp_path, capsys):
+    path, z = paired_embeddings
+    out = tmp_path / "out"
+    assert main(["analyze", "--embeddings", str(path), "--out", str(out), "--tau", "0.5"]) == 0
+    values = json.loads((out / "analysis.json").read_text())
+    assert (out / "analysis.md").read_text().startswith("# Embedding analysis")
+    assert values["paired"] is True and values["items"] == {"image": 64, "text": 64, "audio": 64}
+    # Independent check of one value: the centroid distance of normalised embeddings.
+    unit = {m: v.numpy() / np.linalg.norm(v.numpy(), axis=1, keepdims=True) for m, v in z.items()}
+    expected = np.linalg.norm(unit["image"].mean(0) - unit["text"].mean(0))
+    gap = {frozenset(pair.split("-")): v for pair, v in values["modality_gap"].items()}
+    assert gap[frozenset({"image", "text"})] == pytest.approx(expected, rel=1e-5)
+    assert gap[frozenset({"image", "text"})] > gap[frozenset({"image", "audio"})]
+    assert set(values["conflict"]) >= {"zeta", "chi"}
+    assert "Hölder divergence" in capsys.readouterr().out
+
+
+def test_analyze_subset_is_seeded(paired_embeddings, tmp_path):
+    path, _ = paired_embeddings
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    for d in (a, b):
+        assert main(["analyze", "--embeddings", str(path), "--out", str(d), "--max-items", "32", "--seed", "3"]) == 0
+    assert json.loads((a / "analysis.json").read_text()) == json.loads((b / "analysis.json").read_text())
+
+
+def test_analyze_missing_file_exits_2_with_message(tmp_path):
+    out = run_module("analyze", "--embeddings", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path))
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_analyze_corrupt_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    assert main(["analyze", "--embeddings", str(bad), "--out", str(tmp_path)]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_analyze_nan_embeddings_exits_2(tmp_path, capsys):
+    z = {"image": torch.randn(8, 4), "text": torch.randn(8, 4)}
+    z["text"][3, 1] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file(z, str(path))
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and "text" in err
+    assert not (tmp_path / "o" / "analysis.json").exists()
+
+
+def test_analyze_dimension_mismatch_exits_2(tmp_path, capsys):
+    path = tmp_path / "mix.safetensors"
+    save_file({"image": torch.randn(8, 4), "text": torch.randn(8, 5)}, str(path))
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "same d" in capsys.readouterr().err
