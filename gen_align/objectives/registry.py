@@ -46,6 +46,7 @@ def _geo_ot(
     lambda_ot: float,
     eps: float,
     iters: int,
+    tol: float,
     lambda_cov: float,
     k: int,
     ridge: float,
@@ -57,7 +58,7 @@ def _geo_ot(
     logs = {"infonce": contrastive.detach()}
     loss = contrastive
     if lambda_ot > 0:
-        ot = torch.stack([sinkhorn_ot_loss(z, z_dict[anchor], eps=eps, iters=iters) for z in others]).mean()
+        ot = torch.stack([sinkhorn_ot_loss(z, z_dict[anchor], eps=eps, iters=iters, tol=tol) for z in others]).mean()
         logs["sinkhorn_ot"] = ot.detach()
         loss = loss + lambda_ot * ot
     if lambda_cov > 0:
@@ -94,6 +95,7 @@ _REGISTRY: dict[str, tuple[ObjectiveFn, dict[str, Any], str]] = {
             "lambda_ot": 1.0,
             "eps": 0.05,
             "iters": 100,
+            "tol": 0.0,  # a fixed number of Sinkhorn iterations per step, as usual in training
             "lambda_cov": 0.1,
             "k": 10,
             "ridge": 1e-3,
