@@ -21,3 +21,15 @@ class InputFileError(GenAlignError, OSError):
 
 class OutputError(GenAlignError, OSError):
     """A result could not be written (missing permission, full disk); nothing partial is left behind."""
+
+
+class WeightsNotFoundError(GenAlignError, FileNotFoundError):
+    """Model weights are neither in the given directory, the weights home, nor reachable on the hub."""
+
+
+class InputDataError(GenAlignError, ValueError):
+    """An in-memory input (texts, waveform array, image array) has the wrong type, shape or content."""
+
+
+class CheckpointError(GenAlignError, ValueError):
+    """A checkpoint is unreadable, not in the expected format, or does not match its config."""

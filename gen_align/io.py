@@ -13,16 +13,18 @@ import torch
 from gen_align.errors import InputFileError, OutputError
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename: a crash or a full disk
-    never leaves a truncated file behind."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str = "", hint: str = "") -> Path:
+    """Write ``data`` to ``path`` through a temporary file, fsync and an atomic rename (then a best-effort
+    fsync of the directory): a crash or a full disk never leaves a truncated file behind.
+
+    Failures raise :class:`OutputError` naming ``what`` (default: the path) and the fix (``hint``)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -31,9 +33,23 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             raise
     except OSError as err:
         raise OutputError(
-            f"could not write {path}: {err.strerror or err}. Free disk space or choose another output directory."
+            f"could not write {what or path}: {err.strerror or err}. "
+            f"{hint or 'Free disk space or choose another output directory.'}"
         ) from err
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # directory fsync is best effort (not supported everywhere)
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """UTF-8 text written with :func:`write_bytes_atomic`."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:

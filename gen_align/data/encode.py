@@ -1,0 +1,63 @@
+"""``gen-align encode``: frozen tower features of a manifest into a resumable sharded cache.
+
+The cache stores each tower's output before any head (CLIP image/text embeddings, BEATs clip embeddings):
+the input that heads are trained on. Under ``accelerate launch`` each process encodes ``items[rank::world]``
+into its own shards and the main process merges the index at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from gen_align.data.cache import FeatureCache, encode_to_cache
+from gen_align.data.manifest import read_manifest
+from gen_align.errors import ConfigError
+from gen_align.io import write_json_atomic
+from gen_align.space import AlignedSpace
+
+ENCODABLE = ("image", "text", "audio")
+
+
+def encode_manifest(
+    manifest: str | os.PathLike,
+    space: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    modalities: list[str],
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    weights_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every item of ``manifest`` that has the modality; returns (and writes) a summary."""
+    from accelerate import PartialState
+
+    bad = sorted(set(modalities) - set(ENCODABLE))
+    if bad or not modalities:
+        raise ConfigError(f"--modalities must be a subset of {ENCODABLE}, got {modalities}.")
+    state = PartialState()
+    data = read_manifest(manifest, modalities=modalities)
+    model = AlignedSpace.from_pretrained(space, modalities=modalities, weights_dir=weights_dir, device=state.device)
+    identity = {"space": str(space), "towers": {m: model.config["towers"][m] for m in modalities}}
+    cache = FeatureCache.open(
+        out_dir, identity, shard_size, rank=state.process_index, world_size=state.num_processes, overwrite=overwrite
+    )
+    encoded = {}
+    with cache:
+        for modality in modalities:
+            items = data.items_with([modality])
+
+            def encode_batch(batch: list, modality: str = modality) -> Any:
+                return model.encode_features(modality, [item.get(modality) for item in batch], batch_size=len(batch))
+
+            encoded[modality] = encode_to_cache(items, modality, encode_batch, cache, batch_size, progress=progress)
+    state.wait_for_everyone()
+    summary = {"manifest": data.summary(), "encoded_now": encoded, "lacking": data.lacking(modalities)}
+    if state.is_main_process:
+        if state.num_processes > 1:
+            FeatureCache.merge_indexes(out_dir)
+        write_json_atomic(Path(out_dir) / "encode_summary.json", summary)
+    return summary

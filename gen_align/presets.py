@@ -1,0 +1,84 @@
+"""Named configurations of the aligned space: which frozen towers, which decoder, which dimension.
+
+One table, like open_clip's pretrained tags. A preset's image tower is exactly the image encoder its
+decoder was trained on (same weights, same preprocessing, raw projection output), so the anchor
+embedding of ``encode_image`` is the embedding the decoder expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gen_align.errors import ConfigError
+
+BEATS_AS2M = "beats/BEATs_iter3_plus_AS2M.pt"
+BEATS_HINT = (
+    f"download BEATs_iter3+ (AS2M) from the microsoft/unilm `beats/` README and save it as $GEN_ALIGN_HOME/{BEATS_AS2M}"
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Towers (``{modality: tower config}``), decoder hub id and anchor dimension of a named space."""
+
+    name: str
+    description: str
+    embedding_dim: int
+    decoder: str
+    towers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "stable-unclip-h": Preset(
+        name="stable-unclip-h",
+        description="CLIP ViT-H/14 (laion2b_s32b_b79k) + BEATs -> Stable UnCLIP 2.1 (1024-d raw image embeddings)",
+        embedding_dim=1024,
+        decoder="stabilityai/stable-diffusion-2-1-unclip",
+        towers={
+            "image": {
+                "kind": "clip-vision",
+                "source": "stabilityai/stable-diffusion-2-1-unclip",
+                "subfolder": "image_encoder",
+                "processor_subfolder": "feature_extractor",
+            },
+            "text": {
+                "kind": "clip-text",
+                "source": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+                "subfolder": None,
+                "tokenizer_subfolder": None,
+            },
+            "audio": {"kind": "beats", "source": BEATS_AS2M, "window_seconds": 10.0},
+        },
+    ),
+    "kandinsky-2.2": Preset(
+        name="kandinsky-2.2",
+        description="CLIP ViT-bigG/14 (laion2b_s39b_b160k) + BEATs -> Kandinsky 2.2 decoder (1280-d raw embeddings)",
+        embedding_dim=1280,
+        decoder="kandinsky-community/kandinsky-2-2-decoder",
+        towers={
+            "image": {
+                "kind": "clip-vision",
+                "source": "kandinsky-community/kandinsky-2-2-prior",
+                "subfolder": "image_encoder",
+                "processor_subfolder": "image_processor",
+            },
+            "text": {
+                "kind": "clip-text",
+                "source": "kandinsky-community/kandinsky-2-2-prior",
+                "subfolder": "text_encoder",
+                "tokenizer_subfolder": "tokenizer",
+            },
+            "audio": {"kind": "beats", "source": BEATS_AS2M, "window_seconds": 10.0},
+        },
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``, or a ConfigError listing the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or pass a checkpoint directory)."
+        )
+    return PRESETS[name]

@@ -1,0 +1,259 @@
+"""AlignedSpace: frozen towers + trained heads -> one image-anchored embedding space.
+
+``encode_image`` returns the anchor tower's raw projection (exactly what the decoder was trained on);
+``encode_text`` / ``encode_audio`` return the tower output mapped by the modality's head (if any) and, when
+the space knows the anchor's embedding norm, rescaled to it (decoders need the anchor's scale).
+``normalize=True`` gives unit vectors instead.
+
+A checkpoint directory holds ``config.json`` (towers by source, heads, anchor, output norm, library
+version) and ``heads.safetensors``; towers are referenced by hub id or path, or saved inside the directory
+(``save_towers=True``, used for small local models).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from gen_align import __version__
+from gen_align.errors import ConfigError, EmbeddingError, InputFileError
+from gen_align.heads import HeadConfig, ProjectionHead
+from gen_align.io import write_json_atomic
+from gen_align.presets import PRESETS, get_preset
+
+CONFIG_NAME = "config.json"
+HEADS_NAME = "heads.safetensors"
+FORMAT = "gen-align-space"
+
+
+def build_tower(cfg: dict[str, Any], base_dir: str | os.PathLike | None, weights_dir: str | None) -> nn.Module:
+    """The frozen tower described by ``cfg['kind']`` (``clip-vision``, ``clip-text``, ``beats``)."""
+    kind = cfg.get("kind")
+    if kind == "clip-vision":
+        from gen_align.encoders.clip import CLIPVisionTower
+
+        return CLIPVisionTower.from_config(cfg, base_dir, weights_dir)
+    if kind == "clip-text":
+        from gen_align.encoders.clip import CLIPTextTower
+
+        return CLIPTextTower.from_config(cfg, base_dir, weights_dir)
+    if kind == "beats":
+        from gen_align.encoders.beats_tower import BEATsTower
+
+        return BEATsTower.from_config(cfg, base_dir, weights_dir)
+    raise ConfigError(f"unknown tower kind {kind!r}; expected 'clip-vision', 'clip-text' or 'beats'.")
+
+
+class AlignedSpace(nn.Module):
+    """Encoders of every modality into the anchor's embedding space (see the module docstring)."""
+
+    def __init__(self, config: dict[str, Any], towers: dict[str, nn.Module], heads: dict[str, ProjectionHead]) -> None:
+        super().__init__()
+        self.config = config
+        self.towers = nn.ModuleDict(towers)
+        self.heads = nn.ModuleDict(heads)
+        self.requires_grad_(False).eval()
+
+    # ----------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_preset: str | os.PathLike,
+        *,
+        modalities: Iterable[str] | None = None,
+        weights_dir: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> AlignedSpace:
+        """Load a checkpoint directory (``config.json`` + ``heads.safetensors``) or a preset by name.
+
+        ``modalities`` restricts which towers are loaded (default: all in the config); a preset without a
+        checkpoint has no trained heads, so its text embeddings are CLIP's own and audio is unavailable.
+        """
+        path = Path(path_or_preset)
+        if (path / CONFIG_NAME).is_file():
+            config, base_dir = _read_config(path), path
+        elif path.exists():
+            raise InputFileError(f"{path} has no {CONFIG_NAME}: it is not a gen-align space checkpoint.")
+        elif str(path_or_preset) in PRESETS:
+            preset = get_preset(str(path_or_preset))
+            config = {
+                "format": FORMAT,
+                "preset": preset.name,
+                "anchor": "image",
+                "embedding_dim": preset.embedding_dim,
+                "towers": preset.towers,
+                "heads": {},
+                "output_norm": None,
+            }
+            base_dir = None
+        else:
+            raise ConfigError(
+                f"{path_or_preset!r} is neither a checkpoint directory nor a preset; presets: {sorted(PRESETS)}."
+            )
+        wanted = list(config["towers"]) if modalities is None else list(modalities)
+        unknown = sorted(set(wanted) - set(config["towers"]))
+        if unknown:
+            raise ConfigError(f"this space has no tower for {unknown}; it has {sorted(config['towers'])}.")
+        towers = {m: build_tower(config["towers"][m], base_dir, weights_dir) for m in wanted}
+        heads = {m: ProjectionHead(HeadConfig(**config["heads"][m])) for m in config["heads"] if m in wanted}
+        if heads:
+            _load_heads(heads, path / HEADS_NAME)
+        space = cls(config, towers, heads)
+        return space.to(device=device, dtype=dtype) if device is not None or dtype is not None else space
+
+    def save_pretrained(self, directory: str | os.PathLike, *, save_towers: bool = False) -> Path:
+        """Write ``config.json`` + ``heads.safetensors`` (and, with ``save_towers``, every loaded tower)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = json.loads(json.dumps(self.config))
+        if save_towers:
+            for modality, tower in self.towers.items():
+                cfg = tower.save(directory / "towers" / modality)
+                cfg["source"] = os.path.relpath(cfg["source"], directory)
+                config["towers"][modality] = {**config["towers"].get(modality, {}), **cfg}
+        config["library_version"] = __version__
+        tensors = {
+            f"{m}.{k}": v.detach().cpu().contiguous() for m, h in self.heads.items() for k, v in h.state_dict().items()
+        }
+        if tensors:
+            save_file(tensors, str(directory / HEADS_NAME), metadata={"format": FORMAT})
+        write_json_atomic(directory / CONFIG_NAME, config)
+        return directory
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def anchor(self) -> str:
+        return self.config["anchor"]
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.config["embedding_dim"])
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.towers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -------------------------------------------------------------------------------------- encoding
+    @torch.inference_mode()
+    def encode_image(
+        self, images: Sequence[Any], *, batch_size: int = 32, normalize: bool = False, progress: bool | None = None
+    ) -> torch.Tensor:
+        """Raw anchor embeddings ``(B, d)`` of PIL images or image paths (any mode; converted to RGB)."""
+        return self._encode("image", images, batch_size, normalize, progress)
+
+    @torch.inference_mode()
+    def encode_text(
+        self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = False, progress: bool | None = None
+    ) -> torch.Tensor:
+        """Text embeddings ``(B, d)`` in the anchor space."""
+        return self._encode("text", [texts] if isinstance(texts, str) else list(texts), batch_size, normalize, progress)
+
+    @torch.inference_mode()
+    def encode_audio(
+        self, audio: Any, *, batch_size: int = 8, normalize: bool = False, progress: bool | None = None
+    ) -> torch.Tensor:
+        """Audio embeddings ``(B, d)`` of file paths or ``(waveform, sample_rate)`` pairs (or one of them)."""
+        if isinstance(audio, (str, os.PathLike)) or (
+            isinstance(audio, tuple) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike, tuple))
+        ):
+            audio = [audio]
+        return self._encode("audio", list(audio), batch_size, normalize, progress)
+
+    @torch.inference_mode()
+    def encode_features(self, modality: str, items: Sequence[Any], *, batch_size: int = 32) -> torch.Tensor:
+        """Frozen tower outputs ``(B, d_tower)`` before any head: what the feature cache stores and the
+        heads are trained on (for the anchor, the raw anchor embedding)."""
+        tower = self._tower(modality, need_head=False)
+        return torch.cat(
+            [tower.encode(list(items[i : i + batch_size])).float() for i in range(0, len(items), batch_size)]
+        )
+
+    def _tower(self, modality: str, need_head: bool = True) -> nn.Module:
+        if modality not in self.towers:
+            raise ConfigError(
+                f"this space has no {modality} tower loaded (loaded: {self.modalities}); "
+                f"load it with AlignedSpace.from_pretrained(..., modalities=[..., {modality!r}])."
+            )
+        tower = self.towers[modality]
+        native = tower.kind == "clip-text" and tower.embedding_dim == self.embedding_dim  # CLIP's own joint space
+        if need_head and modality != self.anchor and modality not in self.heads and not native:
+            raise ConfigError(
+                f"this space has no trained {modality} head, so {modality} embeddings are not in the anchor space. "
+                "Train one (gen-align train) or load a trained space checkpoint."
+            )
+        return tower
+
+    def _encode(
+        self, modality: str, items: list, batch_size: int, normalize: bool, progress: bool | None
+    ) -> torch.Tensor:
+        tower = self._tower(modality)
+        if not items:
+            raise EmbeddingError(f"encode_{modality} got no inputs; pass a non-empty list.")
+        show = len(items) > batch_size if progress is None else progress
+        chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        outputs = [
+            self._project(modality, tower.encode(chunk))
+            for chunk in tqdm(chunks, desc=f"encode {modality}", disable=not show)
+        ]
+        z = torch.cat(outputs).float()
+        if not bool(torch.isfinite(z).all()):
+            raise EmbeddingError(f"the {modality} encoder produced NaN/inf embeddings; try float32 instead of fp16.")
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def _project(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        if modality == self.anchor:
+            return features
+        if modality in self.heads:
+            head = self.heads[modality]
+            features = head(features.to(next(head.parameters()).dtype))
+        norm = self.config.get("output_norm")
+        return F.normalize(features.float(), dim=-1) * norm if norm else features
+
+    def set_output_norm(self, norm: float | None) -> None:
+        """Scale of non-anchor embeddings (the anchor's mean norm); ``None`` keeps the heads' own scale."""
+        if norm is not None and not (norm > 0):
+            raise ConfigError(f"output_norm must be positive or None, got {norm!r}.")
+        self.config["output_norm"] = None if norm is None else float(norm)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputFileError(f"cannot read {path / CONFIG_NAME}: {err}") from err
+    missing = [k for k in ("anchor", "embedding_dim", "towers", "heads") if k not in config]
+    if config.get("format") != FORMAT or missing:
+        raise InputFileError(
+            f"{path / CONFIG_NAME} is not a gen-align space config "
+            f"(format={config.get('format')!r}, missing keys {missing})."
+        )
+    return config
+
+
+def _load_heads(heads: dict[str, ProjectionHead], file: Path) -> None:
+    if not file.is_file():
+        raise InputFileError(
+            f"{file} is missing: the config lists heads {sorted(heads)} but their weights are not there."
+        )
+    tensors = load_file(str(file))
+    for modality, head in heads.items():
+        prefix = f"{modality}."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            head.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise InputFileError(f"{file}: the {modality} head weights do not match its config: {err}") from err

@@ -1,0 +1,84 @@
+"""`gen-align encode`: tower features of a manifest into the cache, resumable, with reported gaps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import HIDDEN, tiny_space
+
+from gen_align.cli import main
+from gen_align.data.cache import FeatureCache
+from gen_align.space import AlignedSpace
+
+
+@pytest.fixture(scope="module")
+def space_dir(tmp_path_factory):
+    return tiny_space(tmp_path_factory.mktemp("space") / "ckpt")
+
+
+def make_manifest(root, n=5, missing_image_for=("item3",)):
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        name = f"item{i}"
+        rgb = (np.random.RandomState(i).rand(36, 40, 3) * 255).astype("uint8")
+        if name not in missing_image_for:
+            Image.fromarray(rgb).save(root / f"{name}.png")
+        lines.append(json.dumps({"id": name, "image": f"{name}.png", "text": f"a picture number {i}"}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "manifest.jsonl"
+
+
+def test_encode_writes_tower_features_and_resumes(space_dir, tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data")
+    out = tmp_path / "cache"
+    args = ["encode", str(manifest), "--space", str(space_dir), "--modalities", "image,text", "--out", str(out)]
+    assert main([*args, "--batch-size", "2", "--shard-size", "3"]) == 0
+    summary = json.loads((out / "encode_summary.json").read_text())
+    assert summary["encoded_now"] == {"image": 4, "text": 5}
+    assert summary["lacking"] == [["item3", ["image"]]]
+
+    cache = FeatureCache.load(out)
+    space = AlignedSpace.from_pretrained(space_dir)
+    ids = ["item0", "item1", "item2", "item4"]
+    expected = space.encode_features("image", [tmp_path / "data" / f"{i}.png" for i in ids])
+    torch.testing.assert_close(cache.get("image", ids), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        cache.get("text", ["item3"]), space.encode_text(["a picture number 3"]), rtol=0, atol=1e-6
+    )
+    assert cache.get("image", ids).shape == (4, HIDDEN)
+
+    assert main([*args, "--batch-size", "2", "--shard-size", "3"]) == 0  # nothing left to do
+    assert json.loads((out / "encode_summary.json").read_text())["encoded_now"] == {"image": 0, "text": 0}
+
+
+def test_encode_rejects_path_traversal(space_dir, tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "manifest.jsonl").write_text(json.dumps({"id": "x", "image": "../../etc/passwd"}) + "\n")
+    code = main(
+        [
+            "encode",
+            str(root / "manifest.jsonl"),
+            "--space",
+            str(space_dir),
+            "--out",
+            str(tmp_path / "c"),
+            "--modalities",
+            "image",
+        ]
+    )
+    assert code == 2
+    assert "outside" in capsys.readouterr().err
+
+
+def test_encode_unknown_modality(space_dir, tmp_path, capsys):
+    manifest = make_manifest(tmp_path / "data", n=1, missing_image_for=())
+    code = main(
+        ["encode", str(manifest), "--space", str(space_dir), "--out", str(tmp_path / "c"), "--modalities", "smell"]
+    )
+    assert code == 2 and "subset of" in capsys.readouterr().err
