@@ -1,0 +1,42 @@
+"""`gen-align encode`: frozen tower features of a manifest into the feature cache."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from gen_align.data.encode import encode_manifest
+
+    summary = encode_manifest(
+        args.manifest,
+        args.space or args.preset,
+        args.out,
+        modalities=[m.strip() for m in args.modalities.split(",") if m.strip()],
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        weights_dir=args.weights_dir,
+        overwrite=args.overwrite,
+    )
+    lacking = summary["lacking"]
+    print(f"encoded {summary['encoded_now']} into {args.out}; {len(lacking)} items lack a requested modality")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encode",
+        help="frozen tower features of a JSONL manifest into a resumable sharded safetensors cache",
+        description="Encode a manifest ({id, image?, audio?, text?} per line) into DIR: shards + index.json + "
+        "sha256; re-running resumes. Multi-GPU: accelerate launch -m gen_align encode ...",
+    )
+    p.add_argument("manifest", help="JSONL manifest; paths relative to its folder")
+    p.add_argument("--preset", default="stable-unclip-h", help="preset name (default: stable-unclip-h)")
+    p.add_argument("--space", help="a trained space checkpoint directory instead of a preset")
+    p.add_argument("--modalities", default="image,text,audio", help="comma list (default: image,text,audio)")
+    p.add_argument("--out", required=True, help="output directory of the cache")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (default 1024)")
+    p.add_argument("--weights-dir", help="local weights directory (default: $GEN_ALIGN_HOME or ~/.cache/gen-align)")
+    p.add_argument("--overwrite", action="store_true", help="start over if DIR holds a cache of another space")
+    p.set_defaults(func=run)
