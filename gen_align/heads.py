@@ -65,3 +65,15 @@ class ProjectionHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
+
+
+class HeadSet(nn.Module):
+    """The heads of a space as one module (what DDP wraps): ``{m: features}`` → ``{m: head_m(features)}``;
+    modalities without a head (the anchor) pass through unchanged."""
+
+    def __init__(self, configs: dict[str, HeadConfig]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({m: ProjectionHead(c) for m, c in configs.items()})
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: self.heads[m](x) if m in self.heads else x for m, x in features.items()}

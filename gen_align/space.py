@@ -121,14 +121,7 @@ class AlignedSpace(nn.Module):
                 cfg = tower.save(directory / "towers" / modality)
                 cfg["source"] = os.path.relpath(cfg["source"], directory)
                 config["towers"][modality] = {**config["towers"].get(modality, {}), **cfg}
-        config["library_version"] = __version__
-        tensors = {
-            f"{m}.{k}": v.detach().cpu().contiguous() for m, h in self.heads.items() for k, v in h.state_dict().items()
-        }
-        if tensors:
-            save_file(tensors, str(directory / HEADS_NAME), metadata={"format": FORMAT})
-        write_json_atomic(directory / CONFIG_NAME, config)
-        return directory
+        return write_space_checkpoint(directory, config, dict(self.heads))
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -228,6 +221,19 @@ class AlignedSpace(nn.Module):
         if norm is not None and not (norm > 0):
             raise ConfigError(f"output_norm must be positive or None, got {norm!r}.")
         self.config["output_norm"] = None if norm is None else float(norm)
+
+
+def write_space_checkpoint(directory: str | os.PathLike, config: dict[str, Any], heads: dict[str, nn.Module]) -> Path:
+    """``config.json`` (+ library version) and ``heads.safetensors`` (keys ``<modality>.<param>``): the format
+    :meth:`AlignedSpace.from_pretrained` reads; the trainer writes it without loading any tower."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {**config, "format": FORMAT, "library_version": __version__}
+    tensors = {f"{m}.{k}": v.detach().cpu().contiguous() for m, h in heads.items() for k, v in h.state_dict().items()}
+    if tensors:
+        save_file(tensors, str(directory / HEADS_NAME), metadata={"format": FORMAT})
+    write_json_atomic(directory / CONFIG_NAME, config)
+    return directory
 
 
 def _read_config(path: Path) -> dict[str, Any]:

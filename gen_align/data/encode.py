@@ -20,6 +20,13 @@ from gen_align.space import AlignedSpace
 ENCODABLE = ("image", "text", "audio")
 
 
+def _portable(tower: dict[str, Any], space: str | os.PathLike) -> dict[str, Any]:
+    """A tower config whose local source (relative to a checkpoint directory) is made absolute, so a space
+    trained on this cache can find the tower again."""
+    local = Path(space) / str(tower.get("source", ""))
+    return {**tower, "source": str(local.resolve())} if Path(space).is_dir() and local.exists() else dict(tower)
+
+
 def encode_manifest(
     manifest: str | os.PathLike,
     space: str | os.PathLike,
@@ -41,7 +48,7 @@ def encode_manifest(
     state = PartialState()
     data = read_manifest(manifest, modalities=modalities)
     model = AlignedSpace.from_pretrained(space, modalities=modalities, weights_dir=weights_dir, device=state.device)
-    identity = {"space": str(space), "towers": {m: model.config["towers"][m] for m in modalities}}
+    identity = {"space": str(space), "towers": {m: _portable(model.config["towers"][m], space) for m in modalities}}
     cache = FeatureCache.open(
         out_dir, identity, shard_size, rank=state.process_index, world_size=state.num_processes, overwrite=overwrite
     )

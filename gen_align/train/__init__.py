@@ -1,0 +1,1 @@
+"""Training of the projection heads with any registered objective (``gen-align train``)."""

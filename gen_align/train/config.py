@@ -1,0 +1,168 @@
+"""Training configuration: a YAML/TOML file plus ``--set key=value`` overrides, validated up front.
+
+Defaults follow the paper: AdamW, lr 2e-5, batch 512, τ = 0.07, λ_uni = λ_align = 1 and λ_vol = 0.1 for
+generation (UniAlign objectives).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gen_align.checks import choice, integer, non_negative, positive
+from gen_align.errors import ConfigError, InputFileError
+from gen_align.heads import HEAD_KINDS
+from gen_align.objectives.registry import list_objectives
+
+PRECISIONS = ("no", "bf16", "fp16")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class HeadSettings:
+    kind: str = "mlp"
+    hidden_dim: int | None = None
+    layer_norm: bool = True
+    spectral_norm: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``features`` is a cache written by ``gen-align encode``."""
+
+    features: str = ""
+    out: str = ""
+    objective: str = "unialign"
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    anchor: str = "image"
+    modalities: list[str] | None = None
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    batch_size: int = 512
+    epochs: int = 10
+    max_steps: int | None = None
+    head: HeadSettings = field(default_factory=HeadSettings)
+    modality_dropout: float = 0.0
+    val_size: int = 1024
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    mixed_precision: str = "no"
+    seed: int = 0
+
+    def validate(self) -> TrainConfig:
+        if not self.features:
+            raise ConfigError("features is required: the feature-cache directory written by `gen-align encode`.")
+        if not self.out:
+            raise ConfigError("out is required: the directory for checkpoints, logs and the trained space.")
+        if self.objective not in list_objectives():
+            raise ConfigError(f"unknown objective {self.objective!r}; choose one of {sorted(list_objectives())}.")
+        allowed = set(list_objectives()[self.objective]["defaults"])
+        unknown = sorted(set(self.objective_params) - allowed)
+        if unknown:
+            raise ConfigError(f"objective {self.objective!r} has no parameter(s) {unknown}; valid: {sorted(allowed)}.")
+        positive(self.lr, "lr")
+        non_negative(self.weight_decay, "weight_decay")
+        integer(self.warmup_steps, "warmup_steps", low=0)
+        choice(self.schedule, "schedule", SCHEDULES)
+        integer(self.batch_size, "batch_size", low=2, hint="Uniformity terms need at least two items per batch.")
+        integer(self.epochs, "epochs")
+        if self.max_steps is not None:
+            integer(self.max_steps, "max_steps")
+        choice(self.head.kind, "head.kind", HEAD_KINDS)
+        non_negative(self.head.dropout, "head.dropout")
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError(f"modality_dropout must be in [0, 1), got {self.modality_dropout!r}.")
+        integer(self.val_size, "val_size", low=0)
+        integer(self.checkpoint_every, "checkpoint_every")
+        integer(self.keep_checkpoints, "keep_checkpoints")
+        integer(self.log_every, "log_every")
+        choice(self.mixed_precision, "mixed_precision", PRECISIONS)
+        integer(self.seed, "seed", low=0)
+        return self
+
+    def objective_hparams(self) -> dict[str, Any]:
+        """Registry hyperparameters: the paper's λ_vol = 0.1 for UniAlign unless overridden, and the anchor."""
+        params = dict(self.objective_params)
+        defaults = list_objectives()[self.objective]["defaults"]
+        if self.objective.startswith("unialign"):
+            params.setdefault("lambda_vol", 0.1)
+        if "anchor" in defaults:
+            params.setdefault("anchor", self.anchor)
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string such as unialign or bf16
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a section.")
+    tree[leaf] = value
+
+
+def _from_tree(tree: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(tree) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}.")
+    head = tree.get("head", {})
+    head_known = {f.name for f in fields(HeadSettings)}
+    if not isinstance(head, dict) or set(head) - head_known:
+        raise ConfigError(f"head must be a table with keys among {sorted(head_known)}, got {head!r}.")
+    try:
+        return TrainConfig(**{**tree, "head": HeadSettings(**head)})
+    except TypeError as err:
+        raise ConfigError(f"invalid training config: {err}") from err
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a ``.yaml``/``.yml``/``.toml`` file (optional), apply ``key=value`` overrides (dotted keys for
+    nested tables, values parsed as JSON when possible), validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise InputFileError(f"cannot read training config {path}: {err.strerror or err}") from err
+        try:
+            if path.suffix == ".toml":
+                tree = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                try:
+                    tree = yaml.safe_load(text) or {}
+                except yaml.YAMLError as err:
+                    raise ValueError(str(err)) from err
+            else:
+                raise ConfigError(f"training config {path} must end in .yaml, .yml or .toml.")
+        except (tomllib.TOMLDecodeError, ValueError) as err:
+            raise ConfigError(f"training config {path} does not parse: {err}") from err
+        if not isinstance(tree, dict):
+            raise ConfigError(f"training config {path} must hold a mapping of keys to values.")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4 or head.kind=linear).")
+        _set(tree, key.strip(), _parse_value(value.strip()))
+    return _from_tree(tree).validate()

@@ -1,0 +1,298 @@
+"""Head training over cached features with any registered objective, on CPU, one GPU or many (accelerate).
+
+Each step draws a global batch of ``batch_size`` items (a seeded shuffle per epoch); every process embeds
+its share, the embeddings are gathered with gradient (``torch.distributed.nn.functional.all_gather``) so
+the loss sees the global batch, and DDP averages the gradients. Per-step randomness (head dropout,
+modality masking) is seeded from (seed, step), so a run resumed from a checkpoint ends with the weights of
+an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from gen_align.errors import ConfigError, InputFileError, OutputError
+from gen_align.heads import HeadConfig, HeadSet
+from gen_align.io import write_json_atomic
+from gen_align.objectives.registry import Objective, get_objective
+from gen_align.space import write_space_checkpoint
+from gen_align.train.config import TrainConfig
+from gen_align.train.features import FeatureData
+from gen_align.train.validation import validation_metrics
+
+STATE_NAME = "trainer_state.json"
+
+
+def build_heads(config: TrainConfig, dims: dict[str, int], anchor: str) -> dict[str, HeadConfig]:
+    """One head config per non-anchor modality, mapping its feature dimension to the anchor's."""
+    h = config.head
+    return {
+        m: HeadConfig(dims[m], dims[anchor], h.kind, h.hidden_dim, h.layer_norm, h.spectral_norm, h.dropout)
+        for m in dims
+        if m != anchor
+    }
+
+
+def lr_lambda(warmup: int, total: int, schedule: str):  # noqa: ANN201 - a closure for LambdaLR
+    """Linear warm-up, then cosine decay to 0 (or constant) over ``total`` steps."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def masked_loss(
+    objective: Objective, z: dict[str, torch.Tensor], anchor: str, p: float, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The objective with each non-anchor modality dropped for a fraction ``p`` of the samples.
+
+    Samples are grouped by which modalities they keep (each keeps the anchor and at least one other); the
+    loss is the size-weighted mean of the objective on each group of two or more samples."""
+    if p == 0:
+        return objective(z)
+    droppable = [m for m in z if m != anchor and m != objective.hparams.get("query")]
+    b = next(iter(z.values())).shape[0]
+    keep = {m: torch.rand(b, generator=generator) >= p for m in droppable}
+    others = [m for m in z if m != anchor]
+    kept_any = torch.stack([keep.get(m, torch.ones(b, dtype=torch.bool)) for m in others]).any(0)
+    if droppable:
+        keep[droppable[0]] |= ~kept_any  # never drop every non-anchor modality of a sample
+    patterns: dict[tuple[str, ...], list[int]] = {}
+    for i in range(b):
+        present = tuple(m for m in z if m not in keep or bool(keep[m][i]))
+        patterns.setdefault(present, []).append(i)
+    losses, weights, logs = [], [], {}
+    for present, rows in patterns.items():
+        if len(rows) < 2:
+            continue
+        index = torch.tensor(rows, device=z[anchor].device)
+        loss, logs = objective({m: z[m][index] for m in present})
+        losses.append(loss)
+        weights.append(len(rows))
+    if not losses:
+        raise ConfigError(f"modality_dropout={p} left no group of two or more samples; lower it or raise batch_size.")
+    total = sum(weights)
+    return sum(w / total * loss for w, loss in zip(weights, losses, strict=True)), logs
+
+
+def check_output_dir(out: Path, bytes_needed: int) -> None:
+    """Fail before training if the output directory is not writable or lacks space for a few checkpoints."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"output directory {out} is not writable: {err.strerror or err}.") from err
+    free = shutil.disk_usage(out).free
+    if free < bytes_needed:
+        raise OutputError(
+            f"only {free / 2**20:.0f} MiB free under {out}, checkpoints need about {bytes_needed / 2**20:.0f} MiB; "
+            "free space, lower keep_checkpoints, or choose another --out."
+        )
+
+
+class Trainer:
+    """``Trainer(config).fit(resume=...)`` → the trained space directory and ``train_summary.json``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+
+        self.config = config.validate()
+        self.out = Path(config.out)
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=str(self.out)
+        )
+        self.data = FeatureData(config.features, config.modalities, config.anchor, config.val_size, config.seed)
+        self.head_configs = build_heads(config, self.data.dims, config.anchor)
+        torch.manual_seed(config.seed)
+        heads = HeadSet(self.head_configs)
+        n_params = sum(p.numel() for p in heads.parameters())
+        if self.accelerator.is_main_process:
+            check_output_dir(self.out, bytes_needed=4 * n_params * 4 * (config.keep_checkpoints + 1))
+        self.steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        optimizer = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(config.warmup_steps, self.total_steps, config.schedule)
+        )
+        self.heads, self.optimizer, self.scheduler = self.accelerator.prepare(heads, optimizer, scheduler)
+        self.objective = get_objective(config.objective, **config.objective_hparams())
+        self.tau = float(self.objective.hparams.get("tau", 0.07))
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------- embedding
+    def embed(self, features: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Anchor features as they are; every other modality through its head."""
+        device = self.accelerator.device
+        return self.heads({m: f[rows].to(device) for m, f in features.items()})
+
+    def gather(self, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.accelerator.num_processes == 1:
+            return z
+        from torch.distributed.nn.functional import all_gather
+
+        return {m: torch.cat(all_gather(v.contiguous())) for m, v in z.items()}
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """accelerate state (heads, optimiser, scheduler, RNG) + data position, renamed into place atomically."""
+        final = self.checkpoint_dir() / f"step-{self.step:08d}"
+        tmp = self.checkpoint_dir() / f".tmp-step-{self.step:08d}"
+        try:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self.accelerator.save_state(str(tmp))
+            if self.accelerator.is_main_process:
+                state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+                write_json_atomic(tmp / STATE_NAME, {**state, "history": self.history, "config": self.config.to_dict()})
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+                for old in sorted(self.checkpoint_dir().glob("step-*"))[: -self.config.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+        except OSError as err:
+            raise OutputError(f"could not write checkpoint {final}: {err.strerror or err}. Free disk space.") from err
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.checkpoint_dir().glob("step-*"))
+        return found[-1] if found else None
+
+    def load_checkpoint(self, path: Path) -> None:
+        state_file = path / STATE_NAME
+        if not state_file.is_file():
+            raise InputFileError(f"{path} is not a training checkpoint (no {STATE_NAME}).")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        saved = state["config"]
+        for key in (
+            "features",
+            "objective",
+            "objective_params",
+            "batch_size",
+            "head",
+            "modalities",
+            "seed",
+            "val_size",
+        ):
+            current = self.config.to_dict()[key]
+            if saved.get(key) != current:
+                raise ConfigError(
+                    f"cannot resume from {path}: {key} was {saved.get(key)!r} there and is {current!r} now. "
+                    "Use the same settings, or start a new run in another --out."
+                )
+        self.accelerator.load_state(str(path))
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.history = state["history"]
+
+    # ---------------------------------------------------------------------------------------- training
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if next(iter(self.data.val.values())).shape[0] < 2:
+            return {}
+        self.heads.eval()
+        rows = torch.arange(next(iter(self.data.val.values())).shape[0])
+        z = {m: v.float().cpu() for m, v in self.embed(self.data.val, rows).items()}
+        self.heads.train()
+        return validation_metrics(z, self.config.anchor, self.tau)
+
+    def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
+        """Train to ``total_steps``; ``resume=True`` continues from the latest checkpoint in ``out``."""
+        acc, cfg = self.accelerator, self.config
+        if resume:
+            path = self.latest_checkpoint() if resume is True else Path(resume)
+            if path is None:
+                raise InputFileError(f"--resume: no checkpoint under {self.checkpoint_dir()}.")
+            self.load_checkpoint(path)
+        acc.init_trackers("gen-align", config={k: str(v) for k, v in cfg.to_dict().items()})
+        if not self.history:
+            self.history.append({"epoch": 0, "step": 0, "validation": self.validate()})
+        started, samples = time.perf_counter(), 0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not acc.is_main_process)
+        self.heads.train()
+        while self.step < self.total_steps:
+            for i, rows in enumerate(self.data.batches(self.epoch, cfg.batch_size, cfg.seed)):
+                if i < self.batch_in_epoch:
+                    continue  # data position of a resumed run
+                generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+                torch.manual_seed(cfg.seed * 1_000_003 + self.step)
+                with acc.autocast():
+                    z = self.gather(self.embed(self.data.train, rows[acc.process_index :: acc.num_processes]))
+                    loss, logs = masked_loss(self.objective, z, cfg.anchor, cfg.modality_dropout, generator)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"the loss became {loss.item()} at step {self.step}; lower lr or use fp32.")
+                acc.backward(loss)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step, self.batch_in_epoch, samples = self.step + 1, i + 1, samples + len(rows)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    values = {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in logs.items()}}
+                    acc.log({**values, "lr": self.scheduler.get_last_lr()[0]}, step=self.step)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.step >= self.total_steps:
+                    break
+            else:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                metrics = self.validate()
+                self.history.append({"epoch": self.epoch, "step": self.step, "validation": metrics})
+                acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        return self.finish(samples / elapsed if elapsed > 0 else float("nan"))
+
+    def finish(self, samples_per_second: float) -> dict[str, Any]:
+        """Write the trained space (config.json + heads.safetensors) and ``train_summary.json``."""
+        acc, cfg = self.accelerator, self.config
+        if self.history[-1]["step"] != self.step:
+            self.history.append({"epoch": self.epoch, "step": self.step, "validation": self.validate()})
+        acc.wait_for_everyone()
+        summary = {
+            "steps": self.step,
+            "epochs_completed": self.epoch,
+            "train_items": self.data.num_train,
+            "val_items": next(iter(self.data.val.values())).shape[0],
+            "samples_per_second": samples_per_second,
+            "objective": {"name": cfg.objective, **self.objective.hparams},
+            "history": self.history,
+            "config": cfg.to_dict(),
+        }
+        if acc.is_main_process:
+            anchor_norm = float(self.data.train[cfg.anchor].norm(dim=-1).mean())
+            space_config = {
+                "anchor": cfg.anchor,
+                "embedding_dim": self.data.dims[cfg.anchor],
+                "towers": self.data.identity.get("towers", {}),
+                "heads": {m: c.to_dict() for m, c in self.head_configs.items()},
+                "output_norm": anchor_norm,
+                "training": {"objective": summary["objective"], "steps": self.step, "features": cfg.features},
+            }
+            write_space_checkpoint(self.out / "space", space_config, dict(acc.unwrap_model(self.heads).heads))
+            write_json_atomic(self.out / "train_summary.json", summary)
+        acc.end_training()
+        return summary
