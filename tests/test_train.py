@@ -180,3 +180,51 @@ def test_cli_train(features, tmp_path, capsys):
     assert code == 0
     assert "R@1/image->text" in capsys.readouterr().out
     assert main(["train", "--features", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_end_to_end_mode_fine_tunes_the_towers(tmp_path):
+    """Text (tiny CLIP) and audio (fixture BEATs) towers trained with their heads; the anchor stays cached."""
+    import numpy as np
+    import soundfile as sf
+    from test_space_audio import FIXTURES
+    from tiny_models import HIDDEN, tiny_space
+
+    from gen_align.encoders.beats_tower import BEATsTower, load_beats_source
+    from gen_align.space import AlignedSpace
+
+    base = AlignedSpace.from_pretrained(tiny_space(tmp_path / "base"))
+    towers = {"text": base.towers["text"], "audio": BEATsTower(load_beats_source(FIXTURES / "beats_tiny.pt"))}
+    space_config = {**base.config, "towers": {**base.config["towers"], "audio": {"kind": "beats"}}}
+    source = AlignedSpace(space_config, towers, {}).save_pretrained(tmp_path / "source", save_towers=True)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    lines, ids = [], [f"clip{i}" for i in range(8)]
+    for i, item in enumerate(ids):
+        sf.write(data / f"{item}.wav", 0.1 * rng.standard_normal(8000 + 800 * i).astype("float32"), 16000)
+        lines.append(json.dumps({"id": item, "audio": f"{item}.wav", "text": f"sound number {i}"}))
+    (data / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    with FeatureCache.open(tmp_path / "anchor", {"space": "x", "towers": {"image": {"kind": "clip-vision"}}}) as cache:
+        cache.write("image", ids, torch.randn(8, HIDDEN, generator=torch.Generator().manual_seed(1)))
+
+    settings = {
+        "mode": "end-to-end",
+        "manifest": str(data / "manifest.jsonl"),
+        "space": str(source),
+        "modalities": ["image", "text", "audio"],
+        "batch_size": 4,
+        "max_steps": 2,
+        "val_size": 2,
+        "lr": 1e-2,
+        "checkpoint_every": 1,
+    }
+    trainer = Trainer(config(tmp_path, tmp_path / "anchor", **settings))
+    before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).towers.state_dict().items()}
+    trainer.fit()
+    after = trainer.accelerator.unwrap_model(trainer.model).towers.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the towers moved
+    trained = AlignedSpace.from_pretrained(tmp_path / "run" / "space", modalities=["text", "audio"])
+    z = trained.encode_audio([data / "clip0.wav"])
+    assert z.shape == (1, HIDDEN) and torch.isfinite(z).all()
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()

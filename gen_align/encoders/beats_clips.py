@@ -80,17 +80,21 @@ class BEATsEncoder:
         features, _ = self._forward([clip])
         return features[0]
 
-    @torch.inference_mode()
     def embed(
         self, waveforms: Waveforms, lengths: Sequence[int] | None = None, sample_rate: int = SAMPLE_RATE
     ) -> Tensor:
-        """Clips -> (B, D) embeddings: the mean of the unpadded last-layer tokens (per window, then averaged)."""
+        """Clips -> (B, D) embeddings: the mean of the unpadded last-layer tokens (per window, then averaged).
+
+        Runs under ``inference_mode`` while the model is frozen; with trainable parameters (end-to-end
+        training) it keeps the autograd graph."""
 
         def token_mean(features: Tensor, mask: Tensor) -> Tensor:
             keep = (~mask).unsqueeze(-1).to(features.dtype)
             return (features * keep).sum(1) / keep.sum(1)
 
-        return self._pooled(self._clips(waveforms, lengths, sample_rate), token_mean)
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters())
+        with torch.inference_mode(not trainable):
+            return self._pooled(self._clips(waveforms, lengths, sample_rate), token_mean)
 
     @torch.inference_mode()
     def predict(

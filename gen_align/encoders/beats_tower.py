@@ -53,6 +53,7 @@ class BEATsTower(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.window_seconds = float(window_seconds)
         self.silence = silence
+        self.encoder = BEATsEncoder(self.model, window_seconds=self.window_seconds, batch_size=8)
 
     @property
     def embedding_dim(self) -> int:
@@ -95,5 +96,4 @@ class BEATsTower(nn.Module):
                 clips.append(load_audio(item[0], item[1], silence=self.silence))
             else:
                 clips.append(load_audio(item, silence=self.silence))
-        encoder = BEATsEncoder(self.model, window_seconds=self.window_seconds, batch_size=max(1, len(clips)))
-        return encoder.embed(clips)
+        return self.encoder.embed(clips)

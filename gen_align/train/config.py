@@ -20,6 +20,7 @@ from gen_align.heads import HEAD_KINDS
 from gen_align.objectives.registry import list_objectives
 
 PRECISIONS = ("no", "bf16", "fp16")
+MODES = ("features", "end-to-end")
 SCHEDULES = ("cosine", "constant")
 
 
@@ -34,10 +35,18 @@ class HeadSettings:
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``features`` is a cache written by ``gen-align encode``."""
+    """Everything a run needs; ``features`` is a cache written by ``gen-align encode``.
+
+    ``mode="features"`` trains heads over the cached features of every modality. ``mode="end-to-end"``
+    also fine-tunes the non-anchor towers of ``space`` (a preset or checkpoint) on the raw text/audio of
+    ``manifest``; the anchor stays frozen, so its cached features are used as they are."""
 
     features: str = ""
     out: str = ""
+    mode: str = "features"
+    manifest: str = ""
+    space: str = ""
+    tower_lr: float | None = None
     objective: str = "unialign"
     objective_params: dict[str, Any] = field(default_factory=dict)
     anchor: str = "image"
@@ -63,6 +72,14 @@ class TrainConfig:
             raise ConfigError("features is required: the feature-cache directory written by `gen-align encode`.")
         if not self.out:
             raise ConfigError("out is required: the directory for checkpoints, logs and the trained space.")
+        choice(self.mode, "mode", MODES)
+        if self.mode == "end-to-end" and not (self.manifest and self.space):
+            raise ConfigError(
+                "mode=end-to-end needs manifest (the raw text/audio) and space (a preset or checkpoint whose "
+                "non-anchor towers are fine-tuned)."
+            )
+        if self.tower_lr is not None:
+            positive(self.tower_lr, "tower_lr")
         if self.objective not in list_objectives():
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {sorted(list_objectives())}.")
         allowed = set(list_objectives()[self.objective]["defaults"])

@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from gen_align.errors import ConfigError, InputFileError, OutputError
 from gen_align.heads import HeadConfig, HeadSet
 from gen_align.io import write_json_atomic
 from gen_align.objectives.registry import Objective, get_objective
-from gen_align.space import write_space_checkpoint
+from gen_align.space import AlignedSpace, write_space_checkpoint
 from gen_align.train.config import TrainConfig
-from gen_align.train.features import FeatureData
+from gen_align.train.features import FeatureData, ManifestData
 from gen_align.train.validation import validation_metrics
 
 STATE_NAME = "trainer_state.json"
@@ -54,6 +55,19 @@ def lr_lambda(warmup: int, total: int, schedule: str):  # noqa: ANN201 - a closu
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+class EndToEndModel(nn.Module):
+    """Trainable non-anchor towers followed by the heads; the anchor's cached features pass through."""
+
+    def __init__(self, towers: dict[str, nn.Module], heads: HeadSet) -> None:
+        super().__init__()
+        self.towers = nn.ModuleDict(towers).requires_grad_(True)
+        self.heads = heads
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        features = {m: self.towers[m].encode(v) if m in self.towers else v for m, v in batch.items()}
+        return self.heads(features)
 
 
 def masked_loss(
@@ -118,32 +132,51 @@ class Trainer:
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=str(self.out)
         )
-        self.data = FeatureData(config.features, config.modalities, config.anchor, config.val_size, config.seed)
-        self.head_configs = build_heads(config, self.data.dims, config.anchor)
+        towers: dict[str, nn.Module] = {}
+        if config.mode == "end-to-end":
+            self.data = ManifestData(
+                config.features, config.manifest, config.modalities, config.anchor, config.val_size, config.seed
+            )
+            raw = [m for m in self.data.modalities if m != config.anchor]
+            self.source_space = AlignedSpace.from_pretrained(config.space, modalities=raw)
+            towers = dict(self.source_space.towers)
+            dims = {m: int(t.embedding_dim) for m, t in towers.items()}
+            dims[config.anchor] = int(self.data.anchor_features.shape[1])
+        else:
+            self.data = FeatureData(config.features, config.modalities, config.anchor, config.val_size, config.seed)
+            dims = self.data.dims
+        self.dims = dims
+        self.head_configs = build_heads(config, dims, config.anchor)
         torch.manual_seed(config.seed)
         heads = HeadSet(self.head_configs)
-        n_params = sum(p.numel() for p in heads.parameters())
+        model = EndToEndModel(towers, heads) if towers else heads
+        n_params = sum(p.numel() for p in model.parameters())
         if self.accelerator.is_main_process:
             check_output_dir(self.out, bytes_needed=4 * n_params * 4 * (config.keep_checkpoints + 1))
         self.steps_per_epoch = self.data.steps_per_epoch(config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        optimizer = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        groups = [{"params": list(heads.parameters()), "lr": config.lr}]
+        if towers:
+            tower_params = [p for t in towers.values() for p in t.parameters()]
+            groups.append({"params": tower_params, "lr": config.tower_lr or config.lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(config.warmup_steps, self.total_steps, config.schedule)
         )
-        self.heads, self.optimizer, self.scheduler = self.accelerator.prepare(heads, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.objective = get_objective(config.objective, **config.objective_hparams())
         self.tau = float(self.objective.hparams.get("tau", 0.07))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------- embedding
-    def embed(self, features: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Anchor features as they are; every other modality through its head."""
+    def embed(self, split: str, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Anchor features as they are; every other modality through its (tower and) head."""
         device = self.accelerator.device
-        return self.heads({m: f[rows].to(device) for m, f in features.items()})
+        batch = self.data.batch(split, rows)
+        return self.model({m: v.to(device) if isinstance(v, torch.Tensor) else v for m, v in batch.items()})
 
     def gather(self, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.accelerator.num_processes == 1:
@@ -209,13 +242,14 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- training
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        if next(iter(self.data.val.values())).shape[0] < 2:
+    def validate(self, chunk: int = 256) -> dict[str, float]:
+        n = self.data.size("val")
+        if n < 2:
             return {}
-        self.heads.eval()
-        rows = torch.arange(next(iter(self.data.val.values())).shape[0])
-        z = {m: v.float().cpu() for m, v in self.embed(self.data.val, rows).items()}
-        self.heads.train()
+        self.model.eval()
+        parts = [self.embed("val", torch.arange(i, min(i + chunk, n))) for i in range(0, n, chunk)]
+        self.model.train()
+        z = {m: torch.cat([p[m] for p in parts]).float().cpu() for m in parts[0]}
         return validation_metrics(z, self.config.anchor, self.tau)
 
     def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
@@ -231,7 +265,7 @@ class Trainer:
             self.history.append({"epoch": 0, "step": 0, "validation": self.validate()})
         started, samples = time.perf_counter(), 0
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not acc.is_main_process)
-        self.heads.train()
+        self.model.train()
         while self.step < self.total_steps:
             for i, rows in enumerate(self.data.batches(self.epoch, cfg.batch_size, cfg.seed)):
                 if i < self.batch_in_epoch:
@@ -239,7 +273,7 @@ class Trainer:
                 generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
                 torch.manual_seed(cfg.seed * 1_000_003 + self.step)
                 with acc.autocast():
-                    z = self.gather(self.embed(self.data.train, rows[acc.process_index :: acc.num_processes]))
+                    z = self.gather(self.embed("train", rows[acc.process_index :: acc.num_processes]))
                     loss, logs = masked_loss(self.objective, z, cfg.anchor, cfg.modality_dropout, generator)
                 if not torch.isfinite(loss):
                     raise ConfigError(f"the loss became {loss.item()} at step {self.step}; lower lr or use fp32.")
@@ -266,6 +300,30 @@ class Trainer:
         elapsed = time.perf_counter() - started
         return self.finish(samples / elapsed if elapsed > 0 else float("nan"))
 
+    def save_space(self, summary: dict[str, Any]) -> Path:
+        """OUT/space: the anchor's tower from the cache identity, trained heads (and fine-tuned towers), and
+        the anchor's mean embedding norm as the output scale (what the decoders were trained on)."""
+        cfg, model = self.config, self.accelerator.unwrap_model(self.model)
+        heads = model.heads if isinstance(model, EndToEndModel) else model
+        anchor_features = (
+            self.data.anchor_features if isinstance(self.data, ManifestData) else self.data.train[cfg.anchor]
+        )
+        towers = dict(self.data.identity.get("towers", {}))
+        config = {
+            "format": "gen-align-space",
+            "anchor": cfg.anchor,
+            "embedding_dim": self.dims[cfg.anchor],
+            "towers": towers,
+            "heads": {m: c.to_dict() for m, c in self.head_configs.items()},
+            "output_norm": float(anchor_features.norm(dim=-1).mean()),
+            "training": {"objective": summary["objective"], "steps": self.step, "mode": cfg.mode},
+        }
+        if isinstance(model, EndToEndModel):
+            config["towers"] = {**towers, **{m: self.source_space.config["towers"][m] for m in model.towers}}
+            space = AlignedSpace(config, dict(model.towers), dict(heads.heads))
+            return space.save_pretrained(self.out / "space", save_towers=True)
+        return write_space_checkpoint(self.out / "space", config, dict(heads.heads))
+
     def finish(self, samples_per_second: float) -> dict[str, Any]:
         """Write the trained space (config.json + heads.safetensors) and ``train_summary.json``."""
         acc, cfg = self.accelerator, self.config
@@ -276,23 +334,14 @@ class Trainer:
             "steps": self.step,
             "epochs_completed": self.epoch,
             "train_items": self.data.num_train,
-            "val_items": next(iter(self.data.val.values())).shape[0],
+            "val_items": self.data.size("val"),
             "samples_per_second": samples_per_second,
             "objective": {"name": cfg.objective, **self.objective.hparams},
             "history": self.history,
             "config": cfg.to_dict(),
         }
         if acc.is_main_process:
-            anchor_norm = float(self.data.train[cfg.anchor].norm(dim=-1).mean())
-            space_config = {
-                "anchor": cfg.anchor,
-                "embedding_dim": self.data.dims[cfg.anchor],
-                "towers": self.data.identity.get("towers", {}),
-                "heads": {m: c.to_dict() for m, c in self.head_configs.items()},
-                "output_norm": anchor_norm,
-                "training": {"objective": summary["objective"], "steps": self.step, "features": cfg.features},
-            }
-            write_space_checkpoint(self.out / "space", space_config, dict(acc.unwrap_model(self.heads).heads))
+            self.save_space(summary)
             write_json_atomic(self.out / "train_summary.json", summary)
         acc.end_training()
         return summary
