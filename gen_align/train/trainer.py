@@ -291,7 +291,7 @@ class Trainer:
                     self.save_checkpoint()
                 if self.step >= self.total_steps:
                     break
-            else:
+            if self.batch_in_epoch == self.steps_per_epoch:  # the epoch is complete (also on the last step)
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 metrics = self.validate()
                 self.history.append({"epoch": self.epoch, "step": self.step, "validation": metrics})
