@@ -33,3 +33,7 @@ class InputDataError(GenAlignError, ValueError):
 
 class CheckpointError(GenAlignError, ValueError):
     """A checkpoint is unreadable, not in the expected format, or does not match its config."""
+
+
+class DecoderOutOfMemoryError(GenAlignError, MemoryError):
+    """The GPU ran out of memory loading or running a decoder (try --offload or a smaller --n)."""

@@ -147,3 +147,93 @@ def tiny_space(directory, output_norm=None):
         "text": CLIPTextTower(tiny_text(), tiny_tokenizer()),
     }
     return AlignedSpace(config, towers, {}).save_pretrained(directory, save_towers=True)
+
+
+# ----------------------------------------------------------------------------- decoders (generation tests)
+PRESET_PATHS = {
+    "stable-unclip-h": ("stabilityai/stable-diffusion-2-1-unclip", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+    "kandinsky-2.2": ("kandinsky-community/kandinsky-2-2-decoder", "kandinsky-community/kandinsky-2-2-prior"),
+}
+
+
+def tiny_kandinsky_decoder_pipeline():
+    """A complete KandinskyV22Pipeline at toy size (UNet with image_proj conditioning, MoVQ VQModel, DDPM)."""
+    from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+
+    torch.manual_seed(6)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=8,  # mean and variance
+        addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        encoder_hid_dim=HIDDEN,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+    )
+    movq = VQModel(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        vq_embed_dim=4,
+    )
+    scheduler = DDPMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    return KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq)
+
+
+def tiny_weights_home(home, presets=("stable-unclip-h", "kandinsky-2.2")):
+    """Tiny stand-ins saved at the presets' hub paths under ``home`` (a --weights-dir / $GEN_ALIGN_HOME)."""
+    for preset in presets:
+        decoder, other = PRESET_PATHS[preset]
+        if preset == "stable-unclip-h":
+            tiny_stable_unclip_pipeline().save_pretrained(home / decoder)
+            tiny_text().save_pretrained(home / other)
+            tiny_tokenizer().save_pretrained(home / other)
+        else:
+            tiny_kandinsky_decoder_pipeline().save_pretrained(home / decoder)
+            tiny_kandinsky_prior_pipeline().save_pretrained(home / other)
+    return home
+
+
+def tiny_audio_space(directory, preset=None, output_norm=None, image_seed=0):
+    """A saved AlignedSpace with tiny CLIP towers, the fixture's tiny BEATs and a linear audio head (towers
+    inside the checkpoint); ``preset`` names the decoder it goes with."""
+    from pathlib import Path
+
+    from gen_align.encoders.beats_tower import BEATsTower, load_beats_source
+    from gen_align.encoders.clip import CLIPTextTower, CLIPVisionTower
+    from gen_align.heads import HeadConfig, ProjectionHead
+    from gen_align.space import AlignedSpace
+
+    torch.manual_seed(7)
+    head = HeadConfig(in_dim=64, out_dim=HIDDEN, kind="linear")
+    config = {
+        "format": "gen-align-space",
+        "preset": preset,
+        "anchor": "image",
+        "embedding_dim": HIDDEN,
+        "towers": {"image": {"kind": "clip-vision"}, "text": {"kind": "clip-text"}, "audio": {"kind": "beats"}},
+        "heads": {"audio": head.to_dict()},
+        "output_norm": output_norm,
+    }
+    towers = {
+        "image": CLIPVisionTower(tiny_vision(seed=image_seed), tiny_image_processor()),
+        "text": CLIPTextTower(tiny_text(), tiny_tokenizer()),
+        "audio": BEATsTower(load_beats_source(Path(__file__).parent / "fixtures" / "beats" / "beats_tiny.pt")),
+    }
+    space = AlignedSpace(config, towers, {"audio": ProjectionHead(head).eval()})
+    return space.save_pretrained(directory, save_towers=True)

@@ -1,0 +1,209 @@
+"""A generation session: the space and decoder picked from options, conditions encoded and checked.
+
+Order of work (cheap checks first, so a user error costs no model loading): options → which space (``--space``,
+``--preset``, else the smallest preset whose weights are here) → its calibration → the decoder's kind and
+dimension (JSON only) → the space's towers → encoded conditions → the decoder (the space's towers are freed
+first; a Kandinsky decoder gets its zero-image negative from the space's image tower before that).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gen_align.errors import ConfigError, EmbeddingError, InputFileError
+from gen_align.presets import PRESETS
+from gen_align.space import AlignedSpace
+
+from .calibration import find_stats
+from .decoders import (
+    DTYPE_NAMES,
+    DecoderInfo,
+    DiffusersDecoder,
+    EmbeddingStats,
+    inspect_decoder,
+    load_decoder,
+    resolve_device,
+    resolve_dtype,
+)
+from .presence import default_preset
+
+CONDITION_KINDS = ("text", "audio", "image")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where the models come from and where they run (the shared command-line options)."""
+
+    preset: str | None = None
+    space: str | None = None
+    decoder: str | None = None
+    weights_dir: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    offload: bool = False
+    attention_slicing: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One input: ``kind`` is text, audio or image; ``value`` the text or the file path."""
+
+    kind: str
+    value: str
+
+    def describe(self) -> str:
+        return self.value if self.kind == "text" else str(Path(self.value).resolve())
+
+
+def check_condition(kind: str, value: str) -> Condition:
+    """A validated condition: non-empty text, or an existing audio/image file."""
+    if kind not in CONDITION_KINDS:
+        raise ConfigError(f"unknown input kind {kind!r}; use one of {CONDITION_KINDS}.")
+    if kind == "text":
+        if not value.strip():
+            raise ConfigError("--text is empty; give a description such as --text 'a dog barking in the rain'.")
+        return Condition(kind, value)
+    path = Path(value)
+    if not path.exists():
+        raise InputFileError(f"{kind} file {path} does not exist; check the path (relative to {os.getcwd()}).")
+    if not path.is_file():
+        raise InputFileError(f"{kind} path {path} is not a file; pass the path of one {kind} file.")
+    return Condition(kind, value)
+
+
+def parse_condition(spec: str) -> Condition:
+    """``KIND=VALUE`` (``text=a dog``, ``audio=bark.wav``, ``image=dog.png``) → a checked Condition."""
+    kind, sep, value = spec.partition("=")
+    if not sep or kind.strip() not in CONDITION_KINDS:
+        raise ConfigError(f"cannot parse {spec!r}; write KIND=VALUE with KIND in {CONDITION_KINDS}, e.g. text='a dog'.")
+    return check_condition(kind.strip(), value)
+
+
+def parse_weights(spec: str | None, names: Iterable[str]) -> dict[str, float] | None:
+    """``"text=0.5,audio=0.5"`` → ``{"text": 0.5, "audio": 0.5}`` (validated by the blend later)."""
+    if spec is None:
+        return None
+    names = list(names)
+    example = ",".join(f"{n}=0.5" for n in names) or "text=0.5,audio=0.5"
+    weights: dict[str, float] = {}
+    for item in (s.strip() for s in spec.split(",")):
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not name.strip() or number is None:
+            raise ConfigError(f"cannot parse --weights {spec!r} at {item!r}; write NAME=NUMBER pairs: {example}.")
+        if name.strip() in weights:
+            raise ConfigError(f"--weights names {name.strip()!r} twice; give each input one weight: {example}.")
+        weights[name.strip()] = number
+    return weights
+
+
+class Session:
+    """The space + decoder chosen by :class:`RuntimeOptions` for a set of input kinds."""
+
+    def __init__(self, options: RuntimeOptions, kinds: Iterable[str]) -> None:
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        if options.offload and self.device.type != "cuda":
+            raise ConfigError("--offload (model CPU offload) needs a CUDA GPU; leave it out on the CPU.")
+        if options.preset and options.space:
+            raise ConfigError("pass either --preset or --space, not both.")
+        kinds = sorted(set(kinds))
+        self.source = options.space or options.preset or default_preset(kinds, options.weights_dir)
+        config = AlignedSpace.from_pretrained(self.source, modalities=[]).config
+        self.preset = config.get("preset")
+        decoder = options.decoder or config.get("decoder") or getattr(PRESETS.get(self.preset), "decoder", None)
+        if decoder is None:
+            raise ConfigError(
+                f"the space {self.source} names no preset or decoder; pass --decoder PATH_OR_HUB_ID "
+                "(e.g. stabilityai/stable-diffusion-2-1-unclip)."
+            )
+        self.stats: EmbeddingStats = find_stats(
+            _ConfigOnly(config), weights_dir=options.weights_dir, checkpoint=options.space
+        )
+        self.info: DecoderInfo = inspect_decoder(decoder, weights_dir=options.weights_dir)
+        towers = set(kinds)
+        if self.info.kind == "kandinsky-2.2" and "image" in config["towers"]:
+            towers.add("image")  # its zero-image embedding is the decoder's negative
+        space_device = torch.device("cpu") if options.offload else self.device
+        self.space: AlignedSpace | None = AlignedSpace.from_pretrained(
+            self.source, modalities=sorted(towers), weights_dir=options.weights_dir, device=space_device
+        )
+
+    # ------------------------------------------------------------------------------------------ encode
+    def encode(self, condition: Condition) -> torch.Tensor:
+        """The raw embedding ``(1, d)`` of one condition, checked against the decoder and the calibration."""
+        if self.space is None:
+            raise ConfigError("encode() after load_decoder(): the space's towers were freed; encode first.")
+        encoder = {"text": self.space.encode_text, "audio": self.space.encode_audio, "image": self.space.encode_image}
+        z = encoder[condition.kind]([condition.value]).float().cpu()
+        if not bool(torch.isfinite(z).all()):
+            raise EmbeddingError(
+                f"the {condition.kind} embedding of {condition.describe()!r} has NaN/inf values; "
+                "the encoder overflowed or the input is degenerate — use --dtype fp32 or another input."
+            )
+        if z.shape[-1] != self.info.embedding_dim:
+            raise ConfigError(
+                f"dimension mismatch: the space {self.source} gives {z.shape[-1]}-d {condition.kind} embeddings but "
+                f"the {self.info.kind} decoder {self.info.source} takes {self.info.embedding_dim}-d ones; pass the "
+                "decoder this space was trained for (--decoder) or the matching --preset."
+            )
+        if self.stats.embedding_dim is not None and self.stats.embedding_dim != z.shape[-1]:
+            raise ConfigError(
+                f"the calibration ({self.stats.source}) was measured on {self.stats.embedding_dim}-d embeddings but "
+                f"this space gives {z.shape[-1]}-d ones; re-run `gen-align calibrate` for it."
+            )
+        return z
+
+    # ------------------------------------------------------------------------------------------ decode
+    def load_decoder(self) -> DiffusersDecoder:
+        """Free the space's towers, then load the decoder (on the device, in the dtype, with the options)."""
+        extra: dict[str, Any] = {}
+        if self.info.kind == "kandinsky-2.2" and self.space is not None and "image" in self.space.towers:
+            from .kandinsky import zero_image_embed
+
+            extra["negative_embed"] = zero_image_embed(self.space.towers["image"].model)
+        self.space = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        o = self.options
+        return load_decoder(
+            self.info,
+            weights_dir=o.weights_dir,
+            device=self.device,
+            dtype=self.dtype,
+            offload=o.offload,
+            attention_slicing=o.attention_slicing,
+            stats=self.stats,
+            progress=o.progress,
+            **extra,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary of the models and the runtime, for sidecars."""
+        return {
+            "space": self.source,
+            "preset": self.preset,
+            "decoder": {"kind": self.info.kind, "source": self.info.source, "embedding_dim": self.info.embedding_dim},
+            "device": str(self.device),
+            "dtype": DTYPE_NAMES[self.dtype],
+        }
+
+
+@dataclass(frozen=True)
+class _ConfigOnly:
+    """What :func:`find_stats` reads from a space: its config."""
+
+    config: dict[str, Any]

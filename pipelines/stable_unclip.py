@@ -1,0 +1,76 @@
+"""Stable UnCLIP (``StableUnCLIPImg2ImgPipeline``) driven by precomputed image embeddings.
+
+The pipeline gets ``image_embeds (B, d)`` instead of an image and ``prompt=[""] * B`` (one empty prompt per
+embedding, as it needs for B > 1). ``noise_level`` (0 … 999) noises the embedding and appends its timestep
+embedding; classifier-free guidance uses the pipeline's own zero-vector negative. The embeddings must be at the
+scale of ``image_encoder(...).image_embeds`` (raw, not L2-normalised), which calibration provides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import StableUnCLIPImg2ImgPipeline
+from PIL import Image
+
+from gen_align.checks import integer
+from gen_align.errors import ConfigError
+
+from .decoders import DiffusersDecoder
+
+
+class StableUnCLIPDecoder(DiffusersDecoder):
+    """``StableUnCLIPImg2ImgPipeline`` behind the Decoder contract (extra call argument: ``noise_level``)."""
+
+    pipeline_class = StableUnCLIPImg2ImgPipeline
+    kind = "stable-unclip"
+    default_guidance = 10.0  # the pipeline's default
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.pipe.image_normalizer.config.embedding_dim)
+
+    @property
+    def native_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    @property
+    def max_noise_level(self) -> int:
+        return int(self.pipe.image_noising_scheduler.config.num_train_timesteps) - 1
+
+    def check_noise_level(self, noise_level: int) -> int:
+        """``noise_level`` if it is an integer in ``0 … max_noise_level``, else a ConfigError."""
+        try:
+            level = integer(noise_level, "noise level", low=0)
+        except ConfigError:
+            level = -1
+        if not 0 <= level <= self.max_noise_level:
+            raise ConfigError(f"noise level must be an integer in 0..{self.max_noise_level}, got {noise_level!r}.")
+        return level
+
+    def _generate(
+        self,
+        embeds: torch.Tensor,
+        generators: list[torch.Generator],
+        steps: int,
+        guidance: float,
+        height: int,
+        width: int,
+        noise_level: int = 0,
+        **kwargs: Any,
+    ) -> list[Image.Image]:
+        if kwargs:
+            raise ConfigError(f"the stable-unclip decoder got unknown options {sorted(kwargs)}.")
+        out = self.pipe(
+            image_embeds=embeds,
+            prompt=[""] * len(embeds),
+            noise_level=self.check_noise_level(noise_level),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            height=height,
+            width=width,
+            output_type="pil",
+        )
+        return list(out.images)
