@@ -1,1 +1,19 @@
 """Cross-modal retrieval: metrics, scores, post-processing (InvGC/LocalAdj), heads (GARE, GraviAlign), ANN search."""
+
+from gen_align.retrieval.ann import AnnIndex, coverage, two_stage_search
+from gen_align.retrieval.invgc import compare_postprocessing, invgc, tune_invgc
+from gen_align.retrieval.metrics import query_ranks, retrieval_metrics
+from gen_align.retrieval.scores import row_scorer, score
+
+__all__ = [
+    "AnnIndex",
+    "compare_postprocessing",
+    "coverage",
+    "invgc",
+    "query_ranks",
+    "retrieval_metrics",
+    "row_scorer",
+    "score",
+    "tune_invgc",
+    "two_stage_search",
+]

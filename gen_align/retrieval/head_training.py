@@ -1,0 +1,303 @@
+"""Retrieval heads trained on cached paired embeddings: a shared base class, save/load, and a training loop.
+
+A head (:class:`~gen_align.retrieval.gare.GAREHead`, :class:`~gen_align.retrieval.gravi_head.GraviAlignHead`)
+learns from ``{query_modality: (N, d_q), gallery_modality: (N, d_g)}`` with row i of each a matching pair.
+:func:`train_head` runs AdamW over seeded shuffles of those pairs and returns the per-epoch history.
+
+Checkpoint directory (Hugging Face style, ``save_pretrained`` / ``from_pretrained``)::
+
+    config.json         {"format": "gen-align-retrieval-head", "kind": "gare" | "gravi-align",
+                         "config": {...the head's config dataclass...}, "library_version": "..."}
+    model.safetensors   the state dict, tensors saved as they are (dtype included: a round trip is bit-exact)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from gen_align import __version__
+from gen_align.checks import integer, non_negative, positive
+from gen_align.errors import CheckpointError, ConfigError, EmbeddingError, InputFileError
+from gen_align.io import write_bytes_atomic, write_json_atomic
+from gen_align.tensors import as_embeddings
+
+__all__ = ["RetrievalHead", "HeadTrainingHistory", "train_head", "load_head", "RETRIEVAL_HEAD_KINDS"]
+
+FORMAT = "gen-align-retrieval-head"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+RETRIEVAL_HEAD_KINDS = {
+    "gare": "gen_align.retrieval.gare:GAREHead",
+    "gravi-align": "gen_align.retrieval.gravi_head:GraviAlignHead",
+}
+
+
+class RetrievalHead(nn.Module, abc.ABC):
+    """Base of the trainable retrieval heads: a frozen-dataclass ``config`` with ``query_modality`` and
+    ``gallery_modality``, a ``training_loss`` over one paired batch, and safetensors + JSON checkpoints."""
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type]
+    config: Any
+
+    @abc.abstractmethod
+    def training_loss(
+        self,
+        queries: torch.Tensor,
+        gallery: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, {term: value}) on a batch of B paired rows (row i of ``queries`` matches row i of ``gallery``)."""
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if missing)."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        write_bytes_atomic(directory / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "kind": self.kind}))
+        config = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "config": dataclasses.asdict(self.config),
+            "library_version": __version__,
+        }
+        write_json_atomic(directory / CONFIG_NAME, config)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, device: str | torch.device | None = None
+    ) -> RetrievalHead:
+        """Load a directory written by :meth:`save_pretrained` (in eval mode). Called on the base class,
+        it builds whichever head kind the config names."""
+        directory = Path(directory)
+        raw = _read_head_config(directory)
+        head_cls = _head_class(raw["kind"]) if cls is RetrievalHead else cls
+        if raw["kind"] != head_cls.kind:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME} holds a {raw['kind']!r} head, not a {head_cls.kind!r} head; "
+                "load it with gen_align.retrieval.head_training.load_head(directory)."
+            )
+        fields = {f.name for f in dataclasses.fields(head_cls.config_class)}
+        unknown = sorted(set(raw["config"]) - fields)
+        if unknown:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: unknown {head_cls.kind} config keys {unknown}; the checkpoint was written "
+                "by another gen-align version — upgrade gen-align or re-save the head."
+            )
+        try:
+            config = head_cls.config_class(**raw["config"])
+        except (TypeError, ConfigError) as err:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: invalid {head_cls.kind} config: {err}") from err
+        head = head_cls(config)
+        tensors = _read_weights(directory / WEIGHTS_NAME, head)
+        dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+        if len(dtypes) == 1:  # saved in float64 / bfloat16: load in that dtype, bit for bit
+            head.to(dtypes.pop())
+        head.load_state_dict(tensors)
+        head.eval()
+        return head.to(device) if device is not None else head
+
+
+def _head_class(kind: str) -> type[RetrievalHead]:
+    if kind not in RETRIEVAL_HEAD_KINDS:
+        raise CheckpointError(f"unknown retrieval head kind {kind!r}; known kinds: {sorted(RETRIEVAL_HEAD_KINDS)}.")
+    module, name = RETRIEVAL_HEAD_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _read_head_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise InputFileError(
+            f"{path} does not exist: {directory} is not a retrieval head checkpoint "
+            "(write one with head.save_pretrained(directory))."
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}. Re-save the head with head.save_pretrained().") from err
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("config"), dict):
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(
+            f"{path} is not a gen-align retrieval head config (format {got!r}, expected {FORMAT!r} with a "
+            "'config' object); a space checkpoint loads with AlignedSpace.from_pretrained instead."
+        )
+    return raw
+
+
+def _read_weights(path: Path, head: nn.Module) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InputFileError(f"{path} is missing: the head's config is there but not its weights; re-save the head.")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-save the head.") from err
+    expected = head.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not match its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {wrong[:5]}. The weights and the config come from different heads; re-save the head."
+        )
+    return tensors
+
+
+def load_head(directory: str | os.PathLike, *, device: str | torch.device | None = None) -> RetrievalHead:
+    """Load any retrieval head checkpoint directory; the class is chosen by ``kind`` in its config.json."""
+    return RetrievalHead.from_pretrained(directory, device=device)
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclass
+class HeadTrainingHistory:
+    """Per-epoch mean of the loss and of each logged term, optimiser steps and wall time."""
+
+    loss: list[float] = field(default_factory=list)
+    terms: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _paired_features(
+    head: RetrievalHead, features: Mapping[str, torch.Tensor | np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(features, Mapping):
+        raise EmbeddingError(
+            f"features: expected a dict {{modality: (N, d)}}, got {type(features).__name__}; "
+            f"pass {{{head.config.query_modality!r}: queries, {head.config.gallery_modality!r}: gallery}}."
+        )
+    q_name, g_name = head.config.query_modality, head.config.gallery_modality
+    missing = [m for m in (q_name, g_name) if m not in features]
+    if missing:
+        raise EmbeddingError(
+            f"features has no {missing} entry (it has {sorted(features)}); this head maps {q_name!r} queries to "
+            f"{g_name!r} gallery items — rename the keys, or build the head with query_modality/gallery_modality "
+            "set to your modality names."
+        )
+    queries = as_embeddings(features[q_name], f"features[{q_name!r}]", min_batch=2)
+    gallery = as_embeddings(features[g_name], f"features[{g_name!r}]", min_batch=2)
+    if queries.shape[0] != gallery.shape[0]:
+        raise EmbeddingError(
+            f"features: {queries.shape[0]} {q_name} rows but {gallery.shape[0]} {g_name} rows; row i of each must "
+            "be one matching pair, so both need the same number of rows."
+        )
+    for name, x in ((q_name, queries), (g_name, gallery)):
+        if not bool(torch.isfinite(x).all()):
+            raise EmbeddingError(f"features[{name!r}] holds NaN/inf values; fix or drop those rows before training.")
+    return queries, gallery
+
+
+def train_head(
+    head: RetrievalHead,
+    features: Mapping[str, torch.Tensor | np.ndarray],
+    *,
+    tokens: torch.Tensor | np.ndarray | None = None,
+    token_mask: torch.Tensor | np.ndarray | None = None,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    max_grad_norm: float | None = 1.0,
+) -> HeadTrainingHistory:
+    """Train ``head`` in place with AdamW on paired cached embeddings; returns the history (head left in eval mode).
+
+    Each epoch draws a seeded permutation and splits it into ceil(N / batch_size) batches of near-equal
+    size (never a tiny last batch; at least 2 pairs each). ``tokens`` (N, L, d_tok) and ``token_mask``
+    (N, L, True = real token) are the gallery items' token features, for heads that use them (GARE).
+    ``seed`` fixes the shuffles and the heads' sampling noise; the initial weights are fixed by the seed in
+    force when the head was built.
+    ``max_grad_norm`` clips the global gradient norm (None: no clipping). ``device``: default the head's.
+    """
+    epochs = integer(epochs, "epochs")
+    batch_size = integer(batch_size, "batch_size", low=2, hint="InfoNCE needs at least one negative per batch.")
+    lr = positive(lr, "lr", "(e.g. 1e-3)")
+    weight_decay = non_negative(weight_decay, "weight_decay", "(AdamW's default is 0.01)")
+    seed = integer(seed, "seed", low=0)
+    if max_grad_norm is not None:
+        max_grad_norm = positive(max_grad_norm, "max_grad_norm", "(or None for no clipping)")
+    queries, gallery = _paired_features(head, features)
+    n = queries.shape[0]
+    if device is None:
+        device = next(head.parameters()).device
+    device = torch.device(device)
+    dtype = next(head.parameters()).dtype
+    head.to(device)
+    queries, gallery = queries.to(device=device, dtype=dtype), gallery.to(device=device, dtype=dtype)
+    if tokens is not None:
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim != 3 or tokens.shape[0] != n:
+            raise EmbeddingError(
+                f"tokens: expected shape ({n}, L, d_tok), L token features per gallery item; got {tuple(tokens.shape)}."
+            )
+        tokens = tokens.to(device=device, dtype=dtype) if tokens.is_floating_point() else tokens.to(device)
+    if token_mask is not None:
+        if tokens is None:
+            raise ConfigError("token_mask given without tokens; pass tokens=(N, L, d_tok) too, or drop token_mask.")
+        token_mask = torch.as_tensor(token_mask).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    order_gen = torch.Generator().manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    n_batches = max(1, min(math.ceil(n / batch_size), n // 2))  # every batch keeps ≥ 2 pairs
+    history = HeadTrainingHistory()
+    start = time.perf_counter()
+    head.train()
+    try:
+        for _ in range(epochs):
+            total, sums = 0.0, {}
+            for idx in torch.tensor_split(torch.randperm(n, generator=order_gen), n_batches):
+                idx = idx.to(device)
+                loss, logs = head.training_loss(
+                    queries[idx],
+                    gallery[idx],
+                    tokens=None if tokens is None else tokens[idx],
+                    token_mask=None if token_mask is None else token_mask[idx],
+                    generator=noise_gen,
+                )
+                if not bool(torch.isfinite(loss)):
+                    raise EmbeddingError(
+                        f"the {head.kind} loss became NaN/inf at step {history.steps}; lower lr (now {lr}) or "
+                        "check the features for extreme values."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(head.parameters(), max_grad_norm)
+                optimizer.step()
+                history.steps += 1
+                total += float(loss.detach())
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            history.loss.append(total / n_batches)
+            history.terms.append({k: v / n_batches for k, v in sums.items()})
+    finally:
+        head.eval()
+        history.seconds = time.perf_counter() - start
+    return history

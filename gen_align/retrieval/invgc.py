@@ -1,0 +1,346 @@
+"""InvGC post-processing of a retrieval gallery (Jian & Wang, "InvGC: Robust Cross-Modal Retrieval by Inverse
+Graph Convolution", Findings of EMNLP 2023), with the details of the published implementation.
+
+All vectors are L2-normalised first: test gallery x_i, train gallery g_j (N_g rows), train queries q_j (N_q
+rows). For a bank b ∈ {g, q} with N_b rows the message of x_i is m_i^b = Σ_j w_ij^b b_j, with edge weights
+
+    full     (InvGC)      w_ij = (x_i·b_j − w̄) / N_b,   w̄ = (1 / (N N_b)) Σ_{i', j'} x_i'·b_j'  (mean edge weight)
+    local    (LocalAdj)   w_ij = x_i·b_j / k   if b_j is among the k most similar rows of the bank to x_i, else 0
+    avgpool  (baseline)   w_ij = 1 / k         on the same top-k, else 0   (binary adjacency: mean of the top-k)
+
+k = max(1, ⌊k_percent · N_b / 100⌋). The inverse convolution (Eq. 9) is applied against each bank separately,
+each result row-normalised, then averaged and normalised again:
+
+    x_i' = normalise( ½ [ normalise(x_i − r_g m_i^g) + normalise(x_i − r_q m_i^q) ] ).
+
+w̄ is a mean over the whole test gallery, so full InvGC is transductive: x_i' depends on the other gallery
+rows through w̄ (as in the published code). Backends (same result up to rounding):
+
+- ``"blocked"`` (default): full adjacency in closed form, Σ_j (x_i·b_j − w̄) b_j = x_i (BᵀB) − w̄ Σ_j b_j
+  (never an N × N_b matrix); local/avgpool by blocks of ``block_size`` rows (block_size × N_b scores,
+  ``topk`` and a weighted ``embedding_bag`` sum), memory O(block_size · N_b + N · d).
+- ``"faiss"``: local/avgpool neighbours from an exact FAISS ``IndexFlatIP`` kNN search (float32), by blocks;
+  full adjacency as in ``"blocked"``.
+- ``"dense"``: the published implementation's layout (the whole N × N_b weight matrix), as a reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gen_align.checks import choice, integer, non_negative, positive
+from gen_align.diagnostics import degeneration_score, mean_sim_at_k
+from gen_align.errors import ConfigError, EmbeddingError
+from gen_align.retrieval.metrics import GroundTruth, retrieval_metrics
+from gen_align.tensors import as_embeddings, unit
+
+__all__ = [
+    "ADJACENCIES",
+    "BACKENDS",
+    "DEFAULT_R_GRID",
+    "neighbour_count",
+    "invgc",
+    "tune_invgc",
+    "degeneration_change",
+    "POSTPROCESSING",
+    "compare_postprocessing",
+]
+
+ADJACENCIES = ("full", "local", "avgpool")
+BACKENDS = ("blocked", "faiss", "dense")
+# Propagation rates tried by tune_invgc for r_g and r_q alike: 0 and half-decades 0.01 … 100 (10 × 10 pairs;
+# (0, 0) is plain cosine). Full adjacency divides by N_b and removes the mean edge, so its message is small
+# (≈ x times the centred second moment of the bank) and its useful rates run far above LocalAdj's (≈ 0.1–1).
+DEFAULT_R_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def neighbour_count(num_bank: int, k_percent: float) -> int:
+    """k = max(1, ⌊k_percent · N_b / 100⌋): the number of bank neighbours LocalAdj / AvgPool keep per row."""
+    k_percent = positive(k_percent, "k_percent", "It is the share of the train bank kept per row, in percent.")
+    if k_percent > 100:
+        raise ConfigError(f"k_percent must be in (0, 100], got {k_percent}.")
+    return max(1, math.floor(k_percent * num_bank / 100 + 1e-9))
+
+
+def _check_rate(r: float, name: str) -> float:
+    return non_negative(r, name, "It is the InvGC propagation rate; 0 leaves the gallery unchanged, try 0.01–1.")
+
+
+def _prepare(
+    gallery: torch.Tensor, banks: dict[str, torch.Tensor | np.ndarray]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    x = unit(as_embeddings(gallery, "gallery"), "gallery")
+    units = {name: unit(as_embeddings(b, name), name) for name, b in banks.items()}
+    for name, b in units.items():
+        if b.shape[1] != x.shape[1]:
+            raise EmbeddingError(
+                f"{name} has dimension {b.shape[1]} but the gallery has {x.shape[1]}; the train banks must be "
+                "embedded in the same space as the test gallery."
+            )
+    dtype = x.dtype
+    for b in units.values():
+        dtype = torch.promote_types(dtype, b.dtype)
+    return x.detach().to(dtype), {name: b.detach().to(dtype) for name, b in units.items()}
+
+
+def _full_closed_form(x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Σ_j (x_i·b_j − w̄) b_j / N_b = (x (BᵀB) − w̄ Σ_j b_j) / N_b, w̄ = (Σ_i x_i)·(Σ_j b_j) / (N N_b)."""
+    total = bank.sum(dim=0, dtype=torch.float64)
+    mean_edge = float(x.sum(dim=0, dtype=torch.float64) @ total) / (x.shape[0] * bank.shape[0])
+    return (x @ (bank.mT @ bank) - mean_edge * total.to(x.dtype)) / bank.shape[0]
+
+
+def _topk_message(values: torch.Tensor, indices: torch.Tensor, bank: torch.Tensor, adjacency: str) -> torch.Tensor:
+    k = indices.shape[1]
+    weights = values / k if adjacency == "local" else torch.full_like(values, 1.0 / k)
+    return F.embedding_bag(indices, bank, per_sample_weights=weights.to(bank.dtype), mode="sum")
+
+
+def _message(
+    x: torch.Tensor, bank: torch.Tensor, adjacency: str, k: int, backend: str, block_size: int
+) -> torch.Tensor:
+    """m_i = Σ_j w_ij b_j for every gallery row (see the module docstring for w)."""
+    if backend == "dense":
+        W = x @ bank.mT
+        if adjacency == "full":
+            return (W - W.mean()) @ bank / bank.shape[0]
+        values, indices = W.topk(k, dim=1)
+        A = torch.zeros_like(W).scatter_(1, indices, values if adjacency == "local" else torch.ones_like(values))
+        return A @ bank / k
+    if adjacency == "full":
+        return _full_closed_form(x, bank)
+    out = torch.empty_like(x)
+    if backend == "faiss":
+        import faiss
+
+        index = faiss.IndexFlatIP(bank.shape[1])
+        index.add(np.ascontiguousarray(bank.cpu().numpy(), dtype=np.float32))
+        for start in range(0, x.shape[0], block_size):
+            block = np.ascontiguousarray(x[start : start + block_size].cpu().numpy(), dtype=np.float32)
+            values, indices = index.search(block, k)
+            values_t = torch.from_numpy(values).to(device=x.device, dtype=x.dtype)
+            out[start : start + block_size] = _topk_message(
+                values_t, torch.from_numpy(indices).to(x.device), bank, adjacency
+            )
+        return out
+    for start in range(0, x.shape[0], block_size):
+        values, indices = (x[start : start + block_size] @ bank.mT).topk(k, dim=1, sorted=False)
+        out[start : start + block_size] = _topk_message(values, indices, bank, adjacency)
+    return out
+
+
+def _combine(x: torch.Tensor, m_g: torch.Tensor, r_g: float, m_q: torch.Tensor, r_q: float) -> torch.Tensor:
+    """x' = normalise(½[normalise(x − r_g m^g) + normalise(x − r_q m^q)]) (Eq. 9 applied per bank)."""
+    try:
+        return unit(0.5 * (unit(x - r_g * m_g, "x - r_g m_g") + unit(x - r_q * m_q, "x - r_q m_q")), "InvGC output")
+    except EmbeddingError as err:
+        raise ConfigError(
+            f"InvGC with r_g={r_g}, r_q={r_q} cancels some gallery rows entirely ({err}); use smaller rates."
+        ) from err
+
+
+def _settings(adjacency: str, backend: str, block_size: int) -> None:
+    choice(adjacency, "adjacency", ADJACENCIES)
+    choice(backend, "InvGC backend", BACKENDS)
+    integer(block_size, "block_size", hint="It is the number of gallery rows per block of scores.")
+
+
+@torch.no_grad()
+def invgc(
+    gallery: torch.Tensor | np.ndarray,
+    train_gallery: torch.Tensor | np.ndarray,
+    train_query: torch.Tensor | np.ndarray,
+    r_g: float,
+    r_q: float,
+    adjacency: str = "full",
+    k_percent: float = 1.0,
+    *,
+    backend: str = "blocked",
+    block_size: int = 4096,
+) -> torch.Tensor:
+    """The InvGC-processed test gallery (N, d), unit rows (Eq. 9, published-code details):
+
+        x_i' = normalise( ½ [ normalise(x_i − r_g Σ_j w_ij^g g_j) + normalise(x_i − r_q Σ_j w_ij^q q_j) ] )
+
+    with w from ``adjacency`` ("full" = InvGC, "local" = InvGC w/ LocalAdj, "avgpool" = AvgPool baseline)
+    and k = max(1, ⌊k_percent · N_b / 100⌋) neighbours per row for local/avgpool; see the module docstring.
+    Score queries against the result with plain cosine. Computed in the inputs' dtype (≥ float32;
+    ``backend="faiss"`` finds neighbours in float32).
+    """
+    r_g, r_q = _check_rate(r_g, "r_g"), _check_rate(r_q, "r_q")
+    _settings(adjacency, backend, block_size)
+    x, banks = _prepare(gallery, {"train_gallery": train_gallery, "train_query": train_query})
+    m_g, m_q = (
+        _message(x, b, adjacency, neighbour_count(b.shape[0], k_percent), backend, block_size) for b in banks.values()
+    )
+    return _combine(x, m_g, r_g, m_q, r_q)
+
+
+@torch.no_grad()
+def tune_invgc(
+    query: torch.Tensor | np.ndarray,
+    gallery: torch.Tensor | np.ndarray,
+    train_gallery: torch.Tensor | np.ndarray,
+    train_query: torch.Tensor | np.ndarray,
+    adjacency: str = "full",
+    k_percent: float = 1.0,
+    *,
+    gt: GroundTruth = None,
+    grid: Sequence[float] = DEFAULT_R_GRID,
+    backend: str = "blocked",
+    block_size: int = 4096,
+    chunk_size: int = 1024,
+) -> dict[str, Any]:
+    """Pick (r_g, r_q) from ``grid`` × ``grid`` by R@1 of cosine retrieval ``query`` → InvGC(``gallery``) on a
+    validation split (``gt`` as in :func:`~gen_align.retrieval.metrics.retrieval_metrics`).
+
+    The two messages do not depend on r, so they are computed once and each grid point costs one
+    normalisation and one scoring pass. Ties in R@1 go to the smaller r_g + r_q, then the smaller r_g;
+    with 0 in the grid the choice is never worse than plain cosine on the validation split. Returns
+    ``{"r_g", "r_q", "R@1", "baseline_R@1", "at_grid_max", "grid", "results": [[r_g, r_q, R@1], ...]}``;
+    ``at_grid_max`` says a chosen rate is the largest of a grid with more than one value (extend the grid).
+    """
+    _settings(adjacency, backend, block_size)
+    rates = [_check_rate(r, "grid value") for r in grid]
+    if not rates:
+        raise ConfigError("grid must hold at least one propagation rate, e.g. (0, 0.1, 0.5).")
+    q = unit(as_embeddings(query, "query"), "query")
+    x, banks = _prepare(gallery, {"train_gallery": train_gallery, "train_query": train_query})
+    if q.shape[1] != x.shape[1]:
+        raise EmbeddingError(f"query dimension {q.shape[1]} differs from gallery dimension {x.shape[1]}.")
+    q = q.detach().to(x.dtype)
+    m_g, m_q = (
+        _message(x, b, adjacency, neighbour_count(b.shape[0], k_percent), backend, block_size) for b in banks.values()
+    )
+
+    def recall_at_1(processed: torch.Tensor) -> float:
+        rows_fn = lambda rows: q[rows] @ processed.mT  # noqa: E731
+        return retrieval_metrics(rows_fn, gt, num_queries=q.shape[0], chunk_size=chunk_size, ks=(1,))["R@1"]
+
+    results = [[r_g, r_q, recall_at_1(_combine(x, m_g, r_g, m_q, r_q))] for r_g in rates for r_q in rates]
+    best = min(results, key=lambda row: (-row[2], row[0] + row[1], row[0]))
+    return {
+        "r_g": best[0],
+        "r_q": best[1],
+        "R@1": best[2],
+        "baseline_R@1": recall_at_1(x),
+        "at_grid_max": len(set(rates)) > 1 and max(rates) in (best[0], best[1]),
+        "adjacency": adjacency,
+        "k_percent": k_percent,
+        "grid": rates,
+        "results": results,
+    }
+
+
+@torch.no_grad()
+def degeneration_change(
+    before: torch.Tensor | np.ndarray, after: torch.Tensor | np.ndarray, k: int = 10, block_size: int = 4096
+) -> dict[str, dict[str, float]]:
+    """Δ_deg (InvGC Eq. 2) and MeanSim@k of a gallery within itself, before and after post-processing
+    (``gen_align.diagnostics``); k is capped at N − 1."""
+    integer(k, "k")
+    n = as_embeddings(before, "before", min_batch=2).shape[0]
+    k = min(k, n - 1)
+    out: dict[str, dict[str, float]] = {"degeneration": {}, f"mean_sim@{k}": {}}
+    for name, z in (("before", before), ("after", after)):
+        out["degeneration"][name] = degeneration_score(z, block_size=block_size)
+        out[f"mean_sim@{k}"][name] = mean_sim_at_k(z, k, block_size=block_size)
+    return out
+
+
+# Rows of the comparison table (InvGC paper, Tables 1–2): name → adjacency (None = plain cosine).
+POSTPROCESSING = {"cosine": None, "+AvgPool": "avgpool", "+InvGC": "full", "+InvGC w/ LocalAdj": "local"}
+
+
+@torch.no_grad()
+def compare_postprocessing(
+    query: torch.Tensor | np.ndarray,
+    gallery: torch.Tensor | np.ndarray,
+    train_query: torch.Tensor | np.ndarray | None = None,
+    train_gallery: torch.Tensor | np.ndarray | None = None,
+    *,
+    k_percent: float = 1.0,
+    rates: tuple[float, float] | None = None,
+    val_size: int | None = None,
+    seed: int = 0,
+    grid: Sequence[float] = DEFAULT_R_GRID,
+    backend: str = "blocked",
+    block_size: int = 4096,
+    chunk_size: int = 1024,
+) -> dict[str, dict[str, Any]]:
+    """Metrics of paired retrieval ``query[i]`` → ``gallery[i]`` by cosine, and by cosine against the gallery
+    post-processed with each method of :data:`POSTPROCESSING` (needs the paired train banks).
+
+    (r_g, r_q) = ``rates`` for every method, or tuned per method with :func:`tune_invgc` on a validation split:
+    ``val_size`` train pairs drawn with ``seed`` (default min(1000, N_train // 5)) act as validation queries
+    and gallery, the other train pairs as banks; the final gallery is then processed against all train pairs.
+    Every entry also reports ``gallery``: Δ_deg (InvGC Eq. 2) and MeanSim@k (k = min(10, N − 1)) of the
+    (processed) gallery within itself, from ``gen_align.diagnostics``.
+    """
+    q = unit(as_embeddings(query, "query"), "query").detach()
+    g = unit(as_embeddings(gallery, "gallery"), "gallery").detach().to(q.dtype)
+    if q.shape[1] != g.shape[1]:
+        raise EmbeddingError(f"query dimension {q.shape[1]} differs from gallery dimension {g.shape[1]}.")
+
+    def evaluate(processed: torch.Tensor) -> dict[str, float]:
+        processed = processed.to(q.dtype)
+        rows_fn = lambda rows: q[rows] @ processed.mT  # noqa: E731
+        return retrieval_metrics(rows_fn, None, num_queries=q.shape[0], chunk_size=chunk_size)
+
+    k_sim = min(10, g.shape[0] - 1)
+
+    def geometry(z: torch.Tensor) -> dict[str, float]:
+        if k_sim < 1:
+            return {}
+        return {
+            "degeneration": degeneration_score(z, block_size=block_size),
+            "mean_sim@k": mean_sim_at_k(z, k_sim, block_size=block_size),
+        }
+
+    before = geometry(g)
+    out: dict[str, dict[str, Any]] = {"cosine": {"metrics": evaluate(g), "gallery": before, "mean_sim_k": k_sim}}
+    if train_query is None or train_gallery is None:
+        return out
+    tq = as_embeddings(train_query, "train_query")
+    tg = as_embeddings(train_gallery, "train_gallery")
+    if tq.shape[0] != tg.shape[0]:
+        raise EmbeddingError(
+            f"train_query ({tq.shape[0]} rows) and train_gallery ({tg.shape[0]} rows) must be paired row by row."
+        )
+    if rates is not None:
+        rates = (_check_rate(rates[0], "r_g"), _check_rate(rates[1], "r_q"))
+    else:
+        n_val = min(1000, tq.shape[0] // 5) if val_size is None else integer(val_size, "val_size")
+        if n_val < 1 or n_val >= tq.shape[0]:
+            raise ConfigError(
+                f"the validation split needs 1 ≤ val_size < N_train = {tq.shape[0]} train pairs, got {n_val}; "
+                "give more train pairs or explicit rates (r_g, r_q)."
+            )
+        order = torch.randperm(tq.shape[0], generator=torch.Generator().manual_seed(seed))
+        val, bank = order[:n_val], order[n_val:]
+    for name, adjacency in POSTPROCESSING.items():
+        if adjacency is None:
+            continue
+        entry: dict[str, Any] = {"adjacency": adjacency}
+        if rates is None:
+            tuning = tune_invgc(
+                tq[val], tg[val], tg[bank], tq[bank], adjacency, k_percent,
+                grid=grid, backend=backend, block_size=block_size, chunk_size=chunk_size,
+            )  # fmt: skip
+            r_g, r_q = tuning["r_g"], tuning["r_q"]
+            keep = ("R@1", "baseline_R@1", "at_grid_max", "grid")
+            entry["tuning"] = {key: tuning[key] for key in keep} | {"val_size": n_val}
+        else:
+            r_g, r_q = rates
+        processed = invgc(g, tg, tq, r_g, r_q, adjacency, k_percent, backend=backend, block_size=block_size)
+        entry.update({"r_g": r_g, "r_q": r_q, "k_percent": k_percent if adjacency != "full" else None})
+        entry["metrics"] = evaluate(processed)
+        entry["gallery"] = geometry(processed)
+        out[name] = entry
+    return out
