@@ -1,4 +1,4 @@
 """One light module per CLI command: ``register(subparsers)`` adds its parser, ``run(args)`` does the work
 (heavy imports happen inside ``run``, so ``gen-align --help`` stays fast)."""
 
-COMMANDS = ("objectives", "analyze", "encode", "train", "data", "generate", "calibrate", "interpolate", "retrieve")
+COMMANDS = ("objectives", "analyze", "encode", "train", "data", "generate", "calibrate", "interpolate", "retrieve", "fid")

@@ -1,0 +1,94 @@
+"""`gen-align fid`: FID (and KID) of images generated from text, audio, text+audio and image vs. reference frames."""
+
+from __future__ import annotations
+
+import argparse
+
+from gen_align.commands._decoding import add_model_arguments, add_sampling_arguments, model_options, sampling_options
+
+
+def run(args: argparse.Namespace) -> int:
+    from gen_align.eval.vggsound_fid import FIDOptions, parse_conditions, run_fid
+    from gen_align.pipelines.session import parse_weights
+
+    conditions = parse_conditions(args.conditions)
+    fid = FIDOptions(
+        manifest=args.manifest,
+        conditions=conditions,
+        weights=parse_weights(args.weights, ["text", "audio"]),
+        mode=args.mode,
+        limit=args.limit,
+        extractor=args.extractor,
+        antialias=args.antialias,
+        resize=args.resize,
+        kid=args.kid,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        cache_dir=args.cache_dir,
+        refresh_reference=args.refresh_reference,
+        out=args.out,
+    )
+    result = run_fid(model_options(args), fid, sampling_options(args))
+    if not result.record:
+        print(f"generated {result.generated} image(s) on this process")
+        return 0
+    record = result.record
+    ref = record["reference"]
+    print(
+        f"generated {result.generated} image(s); reference statistics of {ref['n']} frames "
+        f"{'from the cache' if ref['cached'] else 'computed and cached'}"
+    )
+    for entry in record["conditions"].values():
+        score = "n/a" if entry["fid"] is None else f"{entry['fid']:.3f}"
+        kid = f", KID {entry['kid']['mean']:.4g}" if "kid" in entry else ""
+        skipped = f", {len(entry['skipped'])} skipped" if entry["skipped"] else ""
+        print(f"  {entry['column']:<14} FID {score}{kid} ({entry['images']} images{skipped})")
+    print(f"wrote {args.out}/fid.json, fid.md and grids/")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fid",
+        help="FID of generated images (text, audio, text+audio, image) against a manifest's reference frames",
+        description="Generate one image per manifest item and condition (seed + item index; resumable: existing "
+        "OUT/<condition>/<id>.png are reused), then score each condition's FID against the items' image files "
+        "(reference statistics cached by manifest, extractor and resize mode). Writes fid.json, fid.md (the "
+        "paper's Table 3 layout) and a sample grid per condition.",
+    )
+    p.add_argument("--manifest", required=True, help="JSONL manifest of the test items (image = reference frame)")
+    p.add_argument(
+        "--conditions",
+        default="text,audio,text+audio,image",
+        help="comma-separated subset of text,audio,text+audio,image (default: all four)",
+    )
+    p.add_argument("--weights", help="text+audio blend weights, e.g. text=0.5,audio=0.5 (default: equal)")
+    p.add_argument("--mode", choices=("slerp", "lerp"), default="slerp", help="blend mode (default slerp)")
+    p.add_argument("--limit", type=int, help="use only the first N manifest items")
+    f = p.add_argument_group("features")
+    f.add_argument(
+        "--extractor",
+        default="inception",
+        help="inception (default), a TorchScript file, or package.module:Name of an nn.Module",
+    )
+    f.add_argument(
+        "--antialias",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Inception's internal resize antialiased (default; --no-antialias: the TF-FID-compatible resize)",
+    )
+    f.add_argument(
+        "--resize",
+        choices=("bicubic", "bilinear", "lanczos", "box", "nearest"),
+        default="bicubic",
+        help="PIL filter resizing images to the extractor's input size (default bicubic)",
+    )
+    f.add_argument("--kid", action="store_true", help="also compute KID (extracts the reference features)")
+    f.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+    f.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size, capped at the set sizes")
+    f.add_argument("--cache-dir", help="reference-statistics cache (default: $GEN_ALIGN_HOME/fid-stats)")
+    f.add_argument("--refresh-reference", action="store_true", help="recompute the cached reference statistics")
+    add_sampling_arguments(p)
+    add_model_arguments(p)
+    p.add_argument("--out", default="results/fid", help="output directory (default: results/fid)")
+    p.set_defaults(func=run)
