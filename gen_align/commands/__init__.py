@@ -1,4 +1,15 @@
 """One light module per CLI command: ``register(subparsers)`` adds its parser, ``run(args)`` does the work
 (heavy imports happen inside ``run``, so ``gen-align --help`` stays fast)."""
 
-COMMANDS = ("objectives", "analyze", "encode", "train", "data", "generate", "calibrate", "interpolate", "retrieve", "fid")
+COMMANDS = (
+    "objectives",
+    "analyze",
+    "encode",
+    "train",
+    "data",
+    "generate",
+    "calibrate",
+    "interpolate",
+    "retrieve",
+    "fid",
+)
