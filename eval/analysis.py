@@ -7,6 +7,7 @@ the paired cosine and the conflict metrics ζ/χ of the anchor.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -122,6 +123,50 @@ def _markdown(values: dict[str, Any], notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def embed_manifest(
+    space: str | os.PathLike,
+    manifest: str | os.PathLike,
+    modalities: list[str],
+    *,
+    max_items: int = 4096,
+    seed: int = 0,
+    weights_dir: str | os.PathLike | None = None,
+) -> dict[str, torch.Tensor]:
+    """Embeddings of the manifest items that have every modality (a seeded subset of at most ``max_items``)."""
+    from gen_align.data.manifest import read_manifest
+    from gen_align.space import AlignedSpace
+
+    items = read_manifest(manifest, modalities=modalities).items_with(modalities)
+    if len(items) < 2:
+        raise EmbeddingError(f"{manifest} has {len(items)} items with all of {modalities}; the analysis needs >= 2.")
+    if len(items) > max_items:
+        keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:max_items].sort().values
+        items = [items[i] for i in keep.tolist()]
+    model = AlignedSpace.from_pretrained(space, modalities=modalities, weights_dir=weights_dir)
+    encode = {"image": model.encode_image, "text": model.encode_text, "audio": model.encode_audio}
+    return {m: encode[m]([item.get(m) for item in items]) for m in modalities}
+
+
+def write_report(
+    report: AnalysisReport, z: dict[str, torch.Tensor], out_dir: str | os.PathLike, plots: bool = True, seed: int = 0
+) -> AnalysisReport:
+    """``analysis.json``, ``analysis.md`` and (with ≥ 2 modalities) ``tsne.png``, ``umap.png`` (if umap-learn is
+    installed) and ``similarity.png`` under ``out_dir``."""
+    from gen_align.eval.plots import embedding_map, similarity_histograms
+
+    out_dir = Path(out_dir)
+    if plots and len(z) >= 2:
+        figures = {"tsne": embedding_map(z, out_dir / "tsne.png", "tsne", seed)}
+        if importlib.util.find_spec("umap") is not None:
+            figures["umap"] = embedding_map(z, out_dir / "umap.png", "umap", seed)
+        if len({v.shape[0] for v in z.values()}) == 1:  # paired rows
+            figures["similarity"] = similarity_histograms(z, out_dir / "similarity.png")
+        report.values["figures"] = {k: str(v) for k, v in figures.items()}
+    report.json_path = write_json_atomic(out_dir / "analysis.json", report.values)
+    report.markdown_path = write_text_atomic(out_dir / "analysis.md", report.markdown)
+    return report
+
+
 def analyze_embeddings_file(
     path: str | os.PathLike,
     out_dir: str | os.PathLike = "results/analysis",
@@ -130,10 +175,8 @@ def analyze_embeddings_file(
     max_items: int = 4096,
     seed: int = 0,
 ) -> AnalysisReport:
-    """:func:`analyze_embeddings` on a safetensors file; writes ``analysis.json`` and ``analysis.md``."""
-    report = analyze_embeddings(load_embeddings(path), anchor=anchor, tau=tau, max_items=max_items, seed=seed)
+    """:func:`analyze_embeddings` on a safetensors file; writes the report (see :func:`write_report`)."""
+    z = load_embeddings(path)
+    report = analyze_embeddings(z, anchor=anchor, tau=tau, max_items=max_items, seed=seed)
     report.values["source"] = str(path)
-    out_dir = Path(out_dir)
-    report.json_path = write_json_atomic(out_dir / "analysis.json", report.values)
-    report.markdown_path = write_text_atomic(out_dir / "analysis.md", report.markdown)
-    return report
+    return write_report(report, z, out_dir, seed=seed)

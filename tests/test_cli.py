@@ -70,7 +70,9 @@ def test_analyze_subset_is_seeded(paired_embeddings, tmp_path):
     b = tmp_path / "b"
     for d in (a, b):
         assert main(["analyze", "--embeddings", str(path), "--out", str(d), "--max-items", "32", "--seed", "3"]) == 0
-    assert json.loads((a / "analysis.json").read_text()) == json.loads((b / "analysis.json").read_text())
+    first, second = (json.loads((d / "analysis.json").read_text()) for d in (a, b))
+    assert first.pop("figures").keys() == second.pop("figures").keys() == {"tsne", "similarity"}
+    assert first == second
 
 
 def test_analyze_missing_file_exits_2_with_message(tmp_path):
@@ -102,3 +104,31 @@ def test_analyze_dimension_mismatch_exits_2(tmp_path, capsys):
     save_file({"image": torch.randn(8, 4), "text": torch.randn(8, 5)}, str(path))
     assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "same d" in capsys.readouterr().err
+
+
+def test_analyze_a_space_on_a_manifest_writes_figures(tmp_path, capsys):
+    from PIL import Image
+    from tiny_models import tiny_space
+
+    from gen_align.space import AlignedSpace
+
+    space = tiny_space(tmp_path / "space")
+    lines = []
+    for i in range(12):
+        Image.fromarray((np.random.RandomState(i).rand(40, 40, 3) * 255).astype("uint8")).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"id": f"x{i}", "image": f"{i}.png", "text": f"picture {i}"}))
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["analyze", "--space", str(space), "--manifest", str(tmp_path / "m.jsonl"), "--modalities", "image,text"]
+    assert main([*args, "--out", str(out)]) == 0
+    values = json.loads((out / "analysis.json").read_text())
+    for name in ("tsne", "similarity"):
+        assert Image.open(out / f"{name}.png").size[0] > 100
+    model = AlignedSpace.from_pretrained(space)
+    z_text = model.encode_text([f"picture {i}" for i in range(12)], normalize=True)
+    z_image = model.encode_image([tmp_path / f"{i}.png" for i in range(12)], normalize=True)
+    expected = float((z_text * z_image).sum(-1).mean())
+    paired = {frozenset(k.split("-")): v for k, v in values["paired_cosine"].items()}
+    assert paired[frozenset({"image", "text"})] == pytest.approx(expected, abs=1e-5)
+    assert main([*args, "--embeddings", "x.safetensors", "--out", str(out)]) == 2
+    assert "not both" in capsys.readouterr().err
