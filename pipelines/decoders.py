@@ -11,6 +11,7 @@ size or the image's position in the batch (up to the float differences of batche
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import warnings
@@ -181,7 +182,7 @@ def load_decoder(source: str | DecoderInfo, *, weights_dir: str | None = None, *
 
 
 # ------------------------------------------------------------------------------------------ shared base
-class DiffusersDecoder:
+class DiffusersDecoder(abc.ABC):
     """A diffusers unCLIP pipeline behind the :class:`Decoder` contract; subclasses implement ``_generate``."""
 
     pipeline_class: ClassVar[Any]
@@ -244,13 +245,14 @@ class DiffusersDecoder:
 
     # ------------------------------------------------------------------------------------- properties
     @property
+    @abc.abstractmethod
     def embedding_dim(self) -> int:
-        raise NotImplementedError
+        """Dimension of the image embeddings the decoder takes."""
 
     @property
+    @abc.abstractmethod
     def native_size(self) -> int:
         """Default output side in pixels (the UNet sample size times the autoencoder's scale factor)."""
-        raise NotImplementedError
 
     @property
     def dtype(self) -> torch.dtype:
@@ -325,6 +327,7 @@ class DiffusersDecoder:
             raise ConfigError(f"{name} must be a multiple of 8 (the autoencoder's grid), got {value}.")
         return value
 
+    @abc.abstractmethod
     def _generate(
         self,
         embeds: torch.Tensor,
@@ -335,4 +338,4 @@ class DiffusersDecoder:
         width: int,
         **kwargs: Any,
     ) -> list[Image.Image]:
-        raise NotImplementedError
+        """Run the pipeline on calibrated embeddings, one generator per image."""

@@ -197,5 +197,5 @@ def test_loading_errors_name_the_problem(home, tmp_path):
 
 
 def test_base_class_is_abstract():
-    with pytest.raises(NotImplementedError):
-        DiffusersDecoder.embedding_dim.fget(object())
+    with pytest.raises(TypeError, match="abstract"):
+        DiffusersDecoder(None)
