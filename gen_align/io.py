@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -36,14 +37,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str = "", 
             f"could not write {what or path}: {err.strerror or err}. "
             f"{hint or 'Free disk space or choose another output directory.'}"
         ) from err
-    try:
+    with contextlib.suppress(OSError):  # fsync of the directory entry: best effort (not supported everywhere)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError:
-        pass  # directory fsync is best effort (not supported everywhere)
     return path
 
 
