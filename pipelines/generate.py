@@ -82,13 +82,36 @@ class Result:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def _norms(raw: dict[str, torch.Tensor], direction: torch.Tensor, z: torch.Tensor, stats: Any) -> dict[str, Any]:
+def embedding_report(raw: dict[str, torch.Tensor], direction: torch.Tensor, z: torch.Tensor, stats: Any) -> dict:
+    """Cosine similarities between the inputs' raw embeddings, their norms, and the norm after calibration."""
+    names = list(raw)
     return {
+        "cosine_similarity": {
+            f"{a}·{b}": float(torch.nn.functional.cosine_similarity(raw[a], raw[b]).squeeze())
+            for i, a in enumerate(names)
+            for b in names[i + 1 :]
+        },
         "norms_before": {k: float(v.norm()) for k, v in raw.items()},
         "direction_norm": float(direction.norm(dim=-1).max()),
         "norm_after": float(z.norm(dim=-1).max()),
         "calibration": stats.to_dict(),
     }
+
+
+def blended(
+    raw: dict[str, torch.Tensor], weights: dict[str, float], mode: str, stats: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unit direction, calibrated embedding) of the blend: directions first, then the decoder's scale."""
+    direction = blend(raw, weights, mode)
+    return direction, rescale(direction, stats)
+
+
+def interpolated(
+    a: torch.Tensor, b: torch.Tensor, frames: int, mode: str, stats: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unit directions, calibrated embeddings) of ``frames`` points along the arc from ``a`` to ``b``."""
+    directions = interpolate(a, b, steps=frames, mode=mode)
+    return directions, rescale(directions, stats)
 
 
 def generate(
@@ -115,8 +138,7 @@ def generate(
     session = Session(options, kinds)
     call_kwargs = decode.call_kwargs(session.info.kind)
     raw = {c.kind: session.encode(c) for c in conditions}
-    direction = blend(raw, weights, mode)
-    z = rescale(direction, session.stats)
+    direction, z = blended(raw, weights, mode, session.stats)
     decoder = session.load_decoder()
     images = decoder(z.expand(n, -1), seed=decode.seed, **call_kwargs)
     out = Path(out)
@@ -128,7 +150,7 @@ def generate(
         "mode": mode,
         **decode.record(decoder, session.info.kind),
         "size": list(images[0].size),
-        "embedding": _norms(raw, direction, z, session.stats),
+        "embedding": embedding_report(raw, direction, z, session.stats),
     }
     result = Result(record=record)
     for i, image in enumerate(images):
@@ -160,8 +182,7 @@ def interpolate_images(
     session = Session(options, {start.kind, end.kind})
     call_kwargs = decode.call_kwargs(session.info.kind)
     a, b = session.encode(start), session.encode(end)
-    directions = interpolate(a, b, steps=frames, mode=mode)
-    z = rescale(directions, session.stats)
+    directions, z = interpolated(a, b, frames, mode, session.stats)
     decoder = session.load_decoder()
     images = decoder(z, seed=[decode.seed] * frames, **call_kwargs)
     out = Path(out)
@@ -176,7 +197,7 @@ def interpolate_images(
         "seed": decode.seed,
         **decode.record(decoder, session.info.kind),
         "size": list(images[0].size),
-        "embedding": _norms({"start": a, "end": b}, directions, z, session.stats),
+        "embedding": embedding_report({"start": a, "end": b}, directions, z, session.stats),
         "strip": "interpolation.png",
         "gif": "interpolation.gif",
         "gif_frame_ms": duration_ms,

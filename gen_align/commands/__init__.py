@@ -12,4 +12,5 @@ COMMANDS = (
     "interpolate",
     "retrieve",
     "fid",
+    "app",
 )

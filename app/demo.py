@@ -1,0 +1,347 @@
+"""The Gradio modality-interpolation demo: mix text, audio and an image, see what the decoder makes of the blend.
+
+A thin layer over :mod:`gen_align.pipelines`: inputs become :class:`Condition` s, are encoded by one shared
+:class:`Session` (space and decoder loaded once at startup), blended with :func:`blend` / :func:`interpolate`,
+rescaled with :func:`rescale` and decoded, exactly as ``gen-align generate`` / ``interpolate`` do — only nothing
+is written to disk. Every :class:`GenAlignError` reaches the page as a ``gr.Error`` message.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from gen_align.checks import choice, integer
+from gen_align.encoders.audio_io import load_audio
+from gen_align.errors import ConfigError, GenAlignError
+from gen_align.pipelines.blend import MODES, validate_weights
+from gen_align.pipelines.decoders import DiffusersDecoder, EmbeddingStats
+from gen_align.pipelines.generate import DecodeOptions, blended, embedding_report, interpolated
+from gen_align.pipelines.presence import default_preset
+from gen_align.pipelines.render import strip
+from gen_align.pipelines.session import CONDITION_KINDS, Condition, RuntimeOptions, Session, check_condition
+from gen_align.space import AlignedSpace
+
+MAX_IMAGES = 8
+MAX_FRAMES = 12
+EXAMPLE_PROMPTS = ("a dog barking in the rain", "a church bell at dawn", "waves crashing on a rocky beach")
+
+
+def space_kinds(options: RuntimeOptions) -> tuple[RuntimeOptions, list[str]]:
+    """The options with the space pinned (``--space``, ``--preset``, else the smallest present preset) and the
+    input kinds it can encode (its towers; audio only with a trained audio head)."""
+    if options.preset and options.space:
+        raise ConfigError("pass either --preset or --space, not both.")
+    source = options.space or options.preset or default_preset(["text"], options.weights_dir)
+    config = AlignedSpace.from_pretrained(source, modalities=[]).config
+    kinds = [k for k in CONDITION_KINDS if k in config["towers"] and (k != "audio" or "audio" in config["heads"])]
+    if not options.space:
+        options = replace(options, preset=source)
+    return options, kinds
+
+
+class Models:
+    """The space and decoder, loaded once and shared by every request; encode + decode hold one lock."""
+
+    def __init__(self, options: RuntimeOptions, *, max_audio_seconds: float = 30.0) -> None:
+        options, self.kinds = space_kinds(replace(options, progress=False))
+        self.max_audio_seconds = max_audio_seconds
+        self.session = Session(options, self.kinds)
+        space = self.session.space
+        self.decoder: DiffusersDecoder = self.session.load_decoder()
+        self.session.space = space  # load_decoder frees the towers; the demo keeps both for its whole life
+        self.lock = threading.Lock()
+
+    @property
+    def stats(self) -> EmbeddingStats:
+        return self.session.stats
+
+    def condition(self, kind: str, value: Any) -> Condition | None:
+        """A checked condition for one input of the page (``None`` when it is empty)."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if kind not in self.kinds:
+            raise ConfigError(f"this space cannot encode {kind} (it takes {', '.join(self.kinds)}); leave it empty.")
+        condition = check_condition(kind, str(value))
+        if kind == "audio":
+            load_audio(condition.value, max_seconds=self.max_audio_seconds)  # too long or unreadable: a clear error
+        return condition
+
+    def conditions(self, text: str | None, audio: str | None, image: str | None) -> list[Condition]:
+        """The non-empty inputs of the page as conditions, in the order text, audio, image."""
+        given = (self.condition(k, v) for k, v in zip(CONDITION_KINDS, (text, audio, image), strict=True))
+        return [c for c in given if c is not None]
+
+    def encode(self, conditions: list[Condition]) -> dict[str, torch.Tensor]:
+        """Raw embeddings ``{kind: (1, d)}``."""
+        with self.lock:
+            return {c.kind: self.session.encode(c) for c in conditions}
+
+    def decode(self, z: torch.Tensor, options: DecodeOptions, seeds: int | list[int]) -> list[Image.Image]:
+        """Images of the calibrated embeddings ``z (B, d)``."""
+        kwargs = options.call_kwargs(self.session.info.kind)
+        with self.lock:
+            return self.decoder(z, seed=seeds, **kwargs)
+
+
+def normalised_weights(kinds: list[str], values: list[float]) -> dict[str, float]:
+    """The weights of the given inputs, normalised to sum 1 (the same check as the blend)."""
+    return validate_weights(dict(zip(kinds, (float(v) for v in values), strict=True)), kinds)
+
+
+def weights_text(text: str | None, audio: str | None, image: str | None, wt: float, wa: float, wi: float) -> str:
+    """Markdown line with the normalised weights of the inputs given so far."""
+    given = [(k, w) for k, v, w in zip(CONDITION_KINDS, (text, audio, image), (wt, wa, wi), strict=True) if v]
+    if not given:
+        return "Normalised weights: give at least one input."
+    try:
+        weights = normalised_weights([k for k, _ in given], [w for _, w in given])
+    except GenAlignError as err:
+        return f"Normalised weights: {err}"
+    return "Normalised weights: " + ", ".join(f"{k} **{v:.2f}**" for k, v in weights.items())
+
+
+def _given(value: float | None, name: str) -> float:
+    if value is None:
+        raise ConfigError(f"{name} is empty; enter a number.")
+    return value
+
+
+def _bounded(value: float | None, name: str, low: int, high: int) -> int:
+    number = integer(int(_given(value, name)), name, low=low)
+    if number > high:
+        raise ConfigError(f"{name} must be at most {high} in the demo, got {number}; use the CLI for more.")
+    return number
+
+
+def _decode_options(
+    base: DecodeOptions, seed: float | None, steps: float | None, guidance: float | None
+) -> DecodeOptions:
+    seed, steps, guidance = (_given(v, k) for v, k in ((seed, "seed"), (steps, "steps"), (guidance, "guidance")))
+    options = replace(base, seed=int(seed), steps=int(steps), guidance=float(guidance))
+    options.check()
+    return options
+
+
+def run_generate(
+    models: Models,
+    base: DecodeOptions,
+    text: str | None,
+    audio: str | None,
+    image: str | None,
+    w_text: float,
+    w_audio: float,
+    w_image: float,
+    mode: str,
+    seed: float,
+    steps: float,
+    guidance: float,
+    n: float,
+) -> tuple[list[Image.Image], dict[str, Any]]:
+    """``n`` images of the blend of the given inputs (image ``i`` seeded ``seed + i``) and the embedding report."""
+    conditions = models.conditions(text, audio, image)
+    if not conditions:
+        raise ConfigError("nothing given: type a text, upload or record audio, or upload an image.")
+    by_kind = dict(zip(CONDITION_KINDS, (w_text, w_audio, w_image), strict=True))
+    weights = normalised_weights([c.kind for c in conditions], [by_kind[c.kind] for c in conditions])
+    choice(mode, "blend mode", MODES)
+    n = _bounded(n, "number of images", 1, MAX_IMAGES)
+    options = _decode_options(base, seed, steps, guidance)
+    raw = models.encode(conditions)
+    direction, z = blended(raw, weights, mode, models.stats)
+    images = models.decode(z.expand(n, -1), options, options.seed)
+    report = embedding_report(raw, direction, z, models.stats)
+    return images, {"weights": {k: round(v, 4) for k, v in weights.items()}, "mode": mode, **report}
+
+
+def run_interpolate(
+    models: Models,
+    base: DecodeOptions,
+    a_text: str | None,
+    a_audio: str | None,
+    a_image: str | None,
+    b_text: str | None,
+    b_audio: str | None,
+    b_image: str | None,
+    frames: float,
+    mode: str,
+    seed: float,
+    steps: float,
+    guidance: float,
+) -> tuple[Image.Image, dict[str, Any]]:
+    """A strip of ``frames`` images from input A to input B (endpoints included, one seed for all)."""
+    ends = []
+    for name, values in (("A", (a_text, a_audio, a_image)), ("B", (b_text, b_audio, b_image))):
+        given = models.conditions(*values)
+        if len(given) != 1:
+            raise ConfigError(f"input {name}: give exactly one of text, audio or image (got {len(given)}).")
+        ends.append(given[0])
+    choice(mode, "interpolation mode", MODES)
+    frames = _bounded(frames, "frames", 2, MAX_FRAMES)
+    options = _decode_options(base, seed, steps, guidance)
+    a, b = (models.encode([end])[end.kind] for end in ends)  # one call each: A and B may be of one kind
+    directions, z = interpolated(a, b, frames, mode, models.stats)
+    images = models.decode(z, options, [options.seed] * frames)
+    report = {
+        "start": {ends[0].kind: ends[0].describe()},
+        "end": {ends[1].kind: ends[1].describe()},
+        "t": [round(i / (frames - 1), 4) for i in range(frames)],
+        "mode": mode,
+        **embedding_report({"A": a, "B": b}, directions, z, models.stats),
+    }
+    return strip(images), report
+
+
+def _page_errors(fn: Any) -> Any:
+    """``fn`` with every GenAlignError turned into a ``gr.Error`` (a message in the page, no traceback)."""
+
+    def wrapped(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except GenAlignError as err:
+            raise gr.Error(str(err)) from err
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+def example_audio(directory: str | Path | None = None) -> Path:
+    """A 2 s rising-tone wav written at startup (into a temp dir by default) for the one-click examples."""
+    import soundfile as sf
+
+    folder = Path(directory or tempfile.mkdtemp(prefix="gen-align-app-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(32000) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * (220 + 220 * t) * t) * np.minimum(1, 10 * (2 - t))
+    path = folder / "rising_tone.wav"
+    sf.write(path, wave.astype(np.float32), 16000)
+    return path
+
+
+def build_demo(
+    models: Models, *, decode: DecodeOptions | None = None, concurrency: int = 1, examples_dir: str | Path | None = None
+) -> gr.Blocks:
+    """The page on ``models``: a Generate tab, an Interpolate tab, an embeddings panel; queued with at most
+    ``concurrency`` requests running at once. ``decode`` supplies the sampling defaults (CLI options)."""
+    base = decode or DecodeOptions()
+    base.check()
+    concurrency = integer(concurrency, "--concurrency", low=1)
+    steps = base.steps or models.decoder.default_steps
+    guidance = models.decoder.default_guidance if base.guidance is None else base.guidance
+    desc = models.session.describe()
+    wav = example_audio(examples_dir) if "audio" in models.kinds else None
+
+    def generate(*args: Any) -> tuple[list[Image.Image], dict[str, Any]]:
+        return run_generate(models, base, *args)
+
+    def interpolate_strip(*args: Any) -> tuple[Image.Image, dict[str, Any]]:
+        return run_interpolate(models, base, *args)
+
+    def sampling() -> tuple[gr.Number, gr.Slider, gr.Slider]:
+        return (
+            gr.Number(value=base.seed, label="seed", precision=0, minimum=0),
+            gr.Slider(1, max(100, steps), value=steps, step=1, label="steps"),
+            gr.Slider(0, max(20.0, guidance), value=guidance, step=0.5, label="guidance"),
+        )
+
+    def inputs(suffix: str = "", key: str = "main") -> tuple[gr.Textbox, gr.Audio, gr.Image]:
+        return (
+            gr.Textbox(label=f"text{suffix}", placeholder="a dog barking in the rain", elem_id=f"{key}-text"),
+            gr.Audio(
+                sources=["upload", "microphone"],
+                type="filepath",
+                label=f"audio{suffix} (at most {models.max_audio_seconds:g} s)",
+                visible="audio" in models.kinds,
+                elem_id=f"{key}-audio",
+            ),
+            gr.Image(type="filepath", label=f"image{suffix}", visible="image" in models.kinds, elem_id=f"{key}-image"),
+        )
+
+    with gr.Blocks(title="gen-align: modality interpolation") as demo:
+        gr.Markdown(
+            "# gen-align: mix text, audio and an image\n"
+            f"Space `{desc['space']}` → {desc['decoder']['kind']} decoder `{desc['decoder']['source']}` "
+            f"on {desc['device']} ({desc['dtype']}). Inputs: {', '.join(models.kinds)}."
+        )
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column():
+                    text, audio, image = inputs()
+                    wt = gr.Slider(0, 1, value=1, step=0.05, label="text weight")
+                    wa = gr.Slider(0, 1, value=1, step=0.05, label="audio weight", visible="audio" in models.kinds)
+                    wi = gr.Slider(0, 1, value=1, step=0.05, label="image weight", visible="image" in models.kinds)
+                    shown = gr.Markdown(weights_text(None, None, None, 1, 1, 1))
+                    mode = gr.Radio(list(MODES), value="slerp", label="blend mode")
+                    seed, steps_in, guidance_in = sampling()
+                    n = gr.Slider(1, MAX_IMAGES, value=min(4, MAX_IMAGES), step=1, label="number of images")
+                    button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                with gr.Column():
+                    gallery = gr.Gallery(label="images", columns=4, elem_id="gallery")
+                    report = gr.JSON(label="embeddings: cosine similarities, norms before/after calibration")
+            watched = [text, audio, image, wt, wa, wi]
+            for component in watched:
+                component.change(weights_text, watched, shown, queue=False, api_visibility="private")
+            button.click(
+                _page_errors(generate),
+                [text, audio, image, wt, wa, wi, mode, seed, steps_in, guidance_in, n],
+                [gallery, report],
+                api_name="generate",
+            )
+            rows = [[p, None] for p in EXAMPLE_PROMPTS] + ([[None, str(wav)]] if wav else [])
+            gr.Examples(rows, [text, audio] if wav else [text], label="examples")
+        with gr.Tab("Interpolate"):
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("Input A (one of them)")
+                    a_inputs = inputs(" A", "a")
+                with gr.Column():
+                    gr.Markdown("Input B (one of them)")
+                    b_inputs = inputs(" B", "b")
+            frames = gr.Slider(2, MAX_FRAMES, value=5, step=1, label="frames (k, endpoints included)")
+            i_mode = gr.Radio(list(MODES), value="slerp", label="interpolation mode")
+            i_seed, i_steps, i_guidance = sampling()
+            i_button = gr.Button("Interpolate", variant="primary")
+            strip_out = gr.Image(label="A → B", type="pil")
+            i_report = gr.JSON(label="interpolation")
+            i_button.click(
+                _page_errors(interpolate_strip),
+                [*a_inputs, *b_inputs, frames, i_mode, i_seed, i_steps, i_guidance],
+                [strip_out, i_report],
+                api_name="interpolate",
+            )
+            gr.Examples([[EXAMPLE_PROMPTS[0], EXAMPLE_PROMPTS[1]]], [a_inputs[0], b_inputs[0]], label="examples")
+    demo.queue(default_concurrency_limit=concurrency)
+    demo.examples_dir = str(wav.parent) if wav else None
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    max_file_size: str = "20mb",
+    block: bool = True,
+) -> str:
+    """Serve ``demo`` on ``host:port`` (a public share link only with ``share``); returns the local URL."""
+    allowed = [demo.examples_dir] if getattr(demo, "examples_dir", None) else None
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=max_file_size,
+        allowed_paths=allowed,
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )
+    return url
