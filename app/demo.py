@@ -8,6 +8,7 @@ is written to disk. Every :class:`GenAlignError` reaches the page as a ``gr.Erro
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import threading
 from dataclasses import replace
@@ -52,7 +53,7 @@ class Models:
     """The space and decoder, loaded once and shared by every request; encode + decode hold one lock."""
 
     def __init__(self, options: RuntimeOptions, *, max_audio_seconds: float = 30.0) -> None:
-        options, self.kinds = space_kinds(replace(options, progress=False))
+        options, self.kinds = space_kinds(replace(options, progress=True))  # bars feed the page's progress
         self.max_audio_seconds = max_audio_seconds
         self.session = Session(options, self.kinds)
         space = self.session.space
@@ -203,14 +204,13 @@ def run_interpolate(
 def _page_errors(fn: Any) -> Any:
     """``fn`` with every GenAlignError turned into a ``gr.Error`` (a message in the page, no traceback)."""
 
-    def wrapped(*args: Any) -> Any:
+    @functools.wraps(fn)  # keeps the signature, so Gradio still sees the gr.Progress parameter
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except GenAlignError as err:
             raise gr.Error(str(err)) from err
 
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
     return wrapped
 
 
@@ -240,10 +240,39 @@ def build_demo(
     desc = models.session.describe()
     wav = example_audio(examples_dir) if "audio" in models.kinds else None
 
-    def generate(*args: Any) -> tuple[list[Image.Image], dict[str, Any]]:
-        return run_generate(models, base, *args)
+    # Explicit positional parameters: Gradio injects gr.Progress only there; track_tqdm shows the decoder's
+    # denoising progress bar in the page while a generation runs.
+    def generate(  # noqa: PLR0913
+        text: Any,
+        audio: Any,
+        image: Any,
+        wt: Any,
+        wa: Any,
+        wi: Any,
+        mode: Any,
+        seed: Any,
+        steps: Any,
+        guidance: Any,
+        n: Any,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+    ) -> tuple[list[Image.Image], dict[str, Any]]:
+        return run_generate(models, base, text, audio, image, wt, wa, wi, mode, seed, steps, guidance, n)
 
-    def interpolate_strip(*args: Any) -> tuple[Image.Image, dict[str, Any]]:
+    def interpolate_strip(  # noqa: PLR0913
+        a_text: Any,
+        a_audio: Any,
+        a_image: Any,
+        b_text: Any,
+        b_audio: Any,
+        b_image: Any,
+        frames: Any,
+        mode: Any,
+        seed: Any,
+        steps: Any,
+        guidance: Any,
+        progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+    ) -> tuple[Image.Image, dict[str, Any]]:
+        args = (a_text, a_audio, a_image, b_text, b_audio, b_image, frames, mode, seed, steps, guidance)
         return run_interpolate(models, base, *args)
 
     def sampling() -> tuple[gr.Number, gr.Slider, gr.Slider]:

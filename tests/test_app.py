@@ -71,7 +71,7 @@ def served(world):
     demo = app_demo.build_demo(models, decode=decode, concurrency=2, examples_dir=world["root"] / "examples")
     url = app_demo.launch(demo, port=free_port(), block=False)
     client = gradio_client.Client(url, verbose=False)
-    yield {"client": client, "url": url, "models": models}
+    yield {"client": client, "url": url, "models": models, "demo": demo}
     client.close() if hasattr(client, "close") else None
     demo.close()
 
@@ -89,6 +89,11 @@ def test_binds_localhost_and_loads_models_once(served):
     assert served["url"].startswith("http://127.0.0.1:")
     assert served["models"].kinds == ["text", "audio", "image"]
     assert served["models"].session.space is not None  # towers kept next to the decoder
+
+
+def test_long_runs_show_progress_in_the_page(served):
+    tracked = {fn.api_name: fn.tracks_progress for fn in served["demo"].fns.values() if fn.api_name}
+    assert tracked["generate"] and tracked["interpolate"]
 
 
 def test_generate_from_text(served):
