@@ -56,9 +56,7 @@ class Models:
         options, self.kinds = space_kinds(replace(options, progress=True))  # bars feed the page's progress
         self.max_audio_seconds = max_audio_seconds
         self.session = Session(options, self.kinds)
-        space = self.session.space
-        self.decoder: DiffusersDecoder = self.session.load_decoder()
-        self.session.space = space  # load_decoder frees the towers; the demo keeps both for its whole life
+        self.decoder: DiffusersDecoder = self.session.load_decoder(keep_space=True)
         self.lock = threading.Lock()
 
     @property

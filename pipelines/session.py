@@ -167,17 +167,19 @@ class Session:
         return z
 
     # ------------------------------------------------------------------------------------------ decode
-    def load_decoder(self) -> DiffusersDecoder:
-        """Free the space's towers, then load the decoder (on the device, in the dtype, with the options)."""
+    def load_decoder(self, *, keep_space: bool = False) -> DiffusersDecoder:
+        """Load the decoder (on the device, in the dtype, with the options). The space's towers are freed first
+        unless ``keep_space`` (a long-lived app encodes and decodes for its whole life)."""
         extra: dict[str, Any] = {}
         if self.info.kind == "kandinsky-2.2" and self.space is not None and "image" in self.space.towers:
             from .kandinsky import zero_image_embed
 
             extra["negative_embed"] = zero_image_embed(self.space.towers["image"].model)
-        self.space = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if not keep_space:
+            self.space = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         o = self.options
         return load_decoder(
             self.info,
