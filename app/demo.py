@@ -4,14 +4,20 @@ A thin layer over :mod:`gen_align.pipelines`: inputs become :class:`Condition` s
 :class:`Session` (space and decoder loaded once at startup), blended with :func:`blend` / :func:`interpolate`,
 rescaled with :func:`rescale` and decoded, exactly as ``gen-align generate`` / ``interpolate`` do — only nothing
 is written to disk. Every :class:`GenAlignError` reaches the page as a ``gr.Error`` message.
+
+A selector in the page offers the presets whose weights are present (plus the ``--space`` checkpoint); the one the
+command chose is loaded at startup, the others on first use (:class:`ModelPool`, at most ``keep`` loaded at once).
 """
 
 from __future__ import annotations
 
 import functools
+import gc
+import json
 import tempfile
 import threading
-from dataclasses import replace
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +28,12 @@ from PIL import Image
 
 from gen_align.checks import choice, integer
 from gen_align.encoders.audio_io import load_audio
-from gen_align.errors import ConfigError, GenAlignError
+from gen_align.errors import ConfigError, GenAlignError, InputFileError
+from gen_align.mini import shipped
 from gen_align.pipelines.blend import MODES, validate_weights
 from gen_align.pipelines.decoders import DiffusersDecoder, EmbeddingStats
 from gen_align.pipelines.generate import DecodeOptions, blended, embedding_report, interpolated
-from gen_align.pipelines.presence import default_preset
+from gen_align.pipelines.presence import available_presets, default_preset
 from gen_align.pipelines.render import strip
 from gen_align.pipelines.session import CONDITION_KINDS, Condition, RuntimeOptions, Session, check_condition
 from gen_align.space import AlignedSpace
@@ -54,6 +61,8 @@ class Models:
 
     def __init__(self, options: RuntimeOptions, *, max_audio_seconds: float = 30.0) -> None:
         options, self.kinds = space_kinds(replace(options, progress=True))  # bars feed the page's progress
+        self.options = options
+        self.name: str = options.space or options.preset  # its entry in the page's selector
         self.max_audio_seconds = max_audio_seconds
         self.session = Session(options, self.kinds)
         self.decoder: DiffusersDecoder = self.session.load_decoder(keep_space=True)
@@ -89,6 +98,78 @@ class Models:
         kwargs = options.call_kwargs(self.session.info.kind)
         with self.lock:
             return self.decoder(z, seed=seeds, **kwargs)
+
+
+def header(models: Models) -> str:
+    """Markdown line naming the active space, decoder, device and input kinds."""
+    desc = models.session.describe()
+    return (
+        f"Space `{desc['space']}` → {desc['decoder']['kind']} decoder `{desc['decoder']['source']}` "
+        f"on {desc['device']} ({desc['dtype']}). Inputs: {', '.join(models.kinds)}."
+    )
+
+
+def selector_choices(options: RuntimeOptions) -> list[tuple[str, str]]:
+    """``(label, value)`` of the page's preset selector: the ``--space`` checkpoint (if any), then the presets whose
+    weights are present, smallest first; the preset the command chose is always among them."""
+    presets = available_presets(["text"], options.weights_dir)
+    if options.preset and options.preset not in presets:
+        presets.insert(0, options.preset)
+    space = [(f"{Path(options.space).name} (--space {options.space})", options.space)] if options.space else []
+    return space + [(name, name) for name in presets]
+
+
+class ModelPool:
+    """The models behind the page's preset selector: the command's choice is loaded already, every other entry on
+    first use; at most ``keep`` stay loaded (least recently used dropped first), so no preset is held twice."""
+
+    def __init__(self, models: Models, *, keep: int = 2) -> None:
+        self.keep = integer(keep, "--keep-models", low=1)
+        self.default = models.name
+        self.base = models.options
+        self.max_audio_seconds = models.max_audio_seconds
+        self.choices = selector_choices(models.options)
+        self.names = [value for _, value in self.choices]
+        self._loaded: OrderedDict[str, Models] = OrderedDict([(models.name, models)])
+        self._lock = threading.Lock()
+
+    def options(self, name: str) -> RuntimeOptions:
+        """The runtime options of entry ``name``: the command's own for its choice; another preset gets its own
+        decoder (``--decoder`` applies to the command's choice only)."""
+        if name == self.default:
+            return self.base
+        if name not in self.names:
+            raise ConfigError(
+                f"unknown or absent preset {name!r}; this app offers {self.names} (a preset is offered when its "
+                "weights are present under --weights-dir or in the Hugging Face cache)."
+            )
+        return replace(self.base, preset=name, space=None, decoder=None)
+
+    def kinds(self) -> list[str]:
+        """The input kinds any entry can encode (configs only, nothing loaded), in page order."""
+        found = {kind for name in self.names for kind in space_kinds(self.options(name))[1]}
+        return [k for k in CONDITION_KINDS if k in found]
+
+    @property
+    def loaded(self) -> list[str]:
+        """Entries loaded now, least recently used first."""
+        return list(self._loaded)
+
+    def get(self, name: str | None = None) -> Models:
+        """The models of entry ``name`` (default: the command's choice), loaded once."""
+        name = name or self.default
+        options = self.options(name)
+        with self._lock:
+            models = self._loaded.pop(name, None)
+            if models is None:
+                while len(self._loaded) >= self.keep:  # free before loading: peak memory stays at ``keep`` models
+                    self._loaded.popitem(last=False)
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                models = Models(options, max_audio_seconds=self.max_audio_seconds)
+            self._loaded[name] = models
+        return models
 
 
 def normalised_weights(kinds: list[str], values: list[float]) -> dict[str, float]:
@@ -130,6 +211,12 @@ def _decode_options(
     return options
 
 
+def models_report(models: Models) -> dict[str, Any]:
+    """The space and decoder that made a result (as in the CLI's sidecars)."""
+    desc = models.session.describe()
+    return {"space": desc["space"], "decoder": desc["decoder"]}
+
+
 def run_generate(
     models: Models,
     base: DecodeOptions,
@@ -158,7 +245,8 @@ def run_generate(
     direction, z = blended(raw, weights, mode, models.stats)
     images = models.decode(z.expand(n, -1), options, options.seed)
     report = embedding_report(raw, direction, z, models.stats)
-    return images, {"weights": {k: round(v, 4) for k, v in weights.items()}, "mode": mode, **report}
+    weights = {k: round(v, 4) for k, v in weights.items()}
+    return images, {"weights": weights, "mode": mode, **report, **models_report(models)}
 
 
 def run_interpolate(
@@ -195,6 +283,7 @@ def run_interpolate(
         "t": [round(i / (frames - 1), 4) for i in range(frames)],
         "mode": mode,
         **embedding_report({"A": a, "B": b}, directions, z, models.stats),
+        **models_report(models),
     }
     return strip(images), report
 
@@ -225,18 +314,80 @@ def example_audio(directory: str | Path | None = None) -> Path:
     return path
 
 
+def shipped_examples() -> list[tuple[str, Path]]:
+    """``(caption, wav)`` of the mini preset's shipped example items (``MINI_EXAMPLES/examples.json``, read now);
+    ``[]`` when the package ships none."""
+    folder = Path(shipped.MINI_EXAMPLES)
+    index = folder / "examples.json"
+    if not index.is_file():
+        return []
+    try:
+        items = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputFileError(f"{index} is unreadable ({err}); reinstall gen-align.") from err
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("text"), str) and isinstance(i.get("audio"), str) for i in items
+    ):
+        raise InputFileError(f'{index} is not a list of {{"text": ..., "audio": ...}} items; reinstall gen-align.')
+    return [(item["text"], folder / item["audio"]) for item in items]
+
+
+@dataclass(frozen=True)
+class ExampleSet:
+    """One-click examples: rows for the Generate tab's ``generate_inputs`` and one row for the Interpolate tab's
+    ``interpolate_inputs`` (input names such as ``text`` or ``b_audio``); ``folder`` holds their files."""
+
+    generate_inputs: tuple[str, ...]
+    generate: list[list[str | None]]
+    interpolate_inputs: tuple[str, ...]
+    interpolate: list[str | None]
+    folder: Path | None
+
+
+def examples(audio: bool, directory: str | Path | None = None) -> ExampleSet:
+    """The shipped mini examples when the package has them (captions, clips, a caption + another item's clip;
+    interpolation from a caption to another item's clip), else :data:`EXAMPLE_PROMPTS` and a generated tone
+    (written into ``directory``); audio ones only when ``audio`` (some entry of the page takes audio)."""
+    items = shipped_examples()
+    if items:
+        captions, clips, folder = [t for t, _ in items], [str(w) for _, w in items], items[0][1].parent
+    else:
+        wav = example_audio(directory) if audio else None
+        captions, clips, folder = list(EXAMPLE_PROMPTS), [str(wav)] if wav else [], wav.parent if wav else None
+    if not audio:
+        return ExampleSet(("text",), [[t] for t in captions[:3]], ("a_text", "b_text"), captions[:2], folder)
+    rows = [[t, None] for t in captions[:3]] + [[None, c] for c in clips[:2]]
+    if items and len(items) > 1:  # two different items: the caption of one with the clip of another
+        rows.append([captions[0], clips[1]])
+        return ExampleSet(("text", "audio"), rows, ("a_text", "b_audio"), [captions[0], clips[1]], folder)
+    ends = captions[:2] if len(captions) > 1 else [captions[0], EXAMPLE_PROMPTS[0]]
+    return ExampleSet(("text", "audio"), rows, ("a_text", "b_text"), ends, folder)
+
+
 def build_demo(
-    models: Models, *, decode: DecodeOptions | None = None, concurrency: int = 1, examples_dir: str | Path | None = None
+    models: Models | ModelPool,
+    *,
+    decode: DecodeOptions | None = None,
+    concurrency: int = 1,
+    examples_dir: str | Path | None = None,
+    keep: int = 2,
 ) -> gr.Blocks:
-    """The page on ``models``: a Generate tab, an Interpolate tab, an embeddings panel; queued with at most
-    ``concurrency`` requests running at once. ``decode`` supplies the sampling defaults (CLI options)."""
+    """The page on ``models``: a preset selector, a Generate tab, an Interpolate tab, an embeddings panel; queued
+    with at most ``concurrency`` requests running at once. ``decode`` supplies the sampling defaults (CLI options);
+    a plain :class:`Models` becomes a :class:`ModelPool` keeping at most ``keep`` presets loaded."""
+    pool = models if isinstance(models, ModelPool) else ModelPool(models, keep=keep)
     base = decode or DecodeOptions()
     base.check()
     concurrency = integer(concurrency, "--concurrency", low=1)
-    steps = base.steps or models.decoder.default_steps
-    guidance = models.decoder.default_guidance if base.guidance is None else base.guidance
-    desc = models.session.describe()
-    wav = example_audio(examples_dir) if "audio" in models.kinds else None
+    first = pool.get()
+    kinds = pool.kinds()
+    shown_examples = examples("audio" in kinds, examples_dir)
+
+    def sampling_defaults(models: Models) -> tuple[int, float]:
+        steps = base.steps or models.decoder.default_steps
+        return steps, models.decoder.default_guidance if base.guidance is None else base.guidance
+
+    steps, guidance = sampling_defaults(first)
 
     # Explicit positional parameters: Gradio injects gr.Progress only there; track_tqdm shows the decoder's
     # denoising progress bar in the page while a generation runs.
@@ -252,9 +403,10 @@ def build_demo(
         steps: Any,
         guidance: Any,
         n: Any,
+        preset: Any,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
     ) -> tuple[list[Image.Image], dict[str, Any]]:
-        return run_generate(models, base, text, audio, image, wt, wa, wi, mode, seed, steps, guidance, n)
+        return run_generate(pool.get(preset), base, text, audio, image, wt, wa, wi, mode, seed, steps, guidance, n)
 
     def interpolate_strip(  # noqa: PLR0913
         a_text: Any,
@@ -268,10 +420,16 @@ def build_demo(
         seed: Any,
         steps: Any,
         guidance: Any,
+        preset: Any,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
     ) -> tuple[Image.Image, dict[str, Any]]:
         args = (a_text, a_audio, a_image, b_text, b_audio, b_image, frames, mode, seed, steps, guidance)
-        return run_interpolate(models, base, *args)
+        return run_interpolate(pool.get(preset), base, *args)
+
+    def select(preset: Any, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[Any, ...]:  # noqa: B008
+        models = pool.get(preset)  # loads it now (once), so the next generation starts at once
+        steps, guidance = sampling_defaults(models)
+        return header(models), steps, guidance, steps, guidance
 
     def sampling() -> tuple[gr.Number, gr.Slider, gr.Slider]:
         return (
@@ -286,26 +444,25 @@ def build_demo(
             gr.Audio(
                 sources=["upload", "microphone"],
                 type="filepath",
-                label=f"audio{suffix} (at most {models.max_audio_seconds:g} s)",
-                visible="audio" in models.kinds,
+                label=f"audio{suffix} (at most {pool.max_audio_seconds:g} s)",
+                visible="audio" in kinds,
                 elem_id=f"{key}-audio",
             ),
-            gr.Image(type="filepath", label=f"image{suffix}", visible="image" in models.kinds, elem_id=f"{key}-image"),
+            gr.Image(type="filepath", label=f"image{suffix}", visible="image" in kinds, elem_id=f"{key}-image"),
         )
 
     with gr.Blocks(title="gen-align: modality interpolation") as demo:
-        gr.Markdown(
-            "# gen-align: mix text, audio and an image\n"
-            f"Space `{desc['space']}` → {desc['decoder']['kind']} decoder `{desc['decoder']['source']}` "
-            f"on {desc['device']} ({desc['dtype']}). Inputs: {', '.join(models.kinds)}."
-        )
+        gr.Markdown("# gen-align: mix text, audio and an image")
+        with gr.Row():
+            preset = gr.Dropdown(pool.choices, value=pool.default, label="space / decoder", scale=1, elem_id="preset")
+            active = gr.Markdown(header(first), elem_id="active-models")
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column():
                     text, audio, image = inputs()
                     wt = gr.Slider(0, 1, value=1, step=0.05, label="text weight")
-                    wa = gr.Slider(0, 1, value=1, step=0.05, label="audio weight", visible="audio" in models.kinds)
-                    wi = gr.Slider(0, 1, value=1, step=0.05, label="image weight", visible="image" in models.kinds)
+                    wa = gr.Slider(0, 1, value=1, step=0.05, label="audio weight", visible="audio" in kinds)
+                    wi = gr.Slider(0, 1, value=1, step=0.05, label="image weight", visible="image" in kinds)
                     shown = gr.Markdown(weights_text(None, None, None, 1, 1, 1))
                     mode = gr.Radio(list(MODES), value="slerp", label="blend mode")
                     seed, steps_in, guidance_in = sampling()
@@ -319,12 +476,12 @@ def build_demo(
                 component.change(weights_text, watched, shown, queue=False, api_visibility="private")
             button.click(
                 _page_errors(generate),
-                [text, audio, image, wt, wa, wi, mode, seed, steps_in, guidance_in, n],
+                [text, audio, image, wt, wa, wi, mode, seed, steps_in, guidance_in, n, preset],
                 [gallery, report],
                 api_name="generate",
             )
-            rows = [[p, None] for p in EXAMPLE_PROMPTS] + ([[None, str(wav)]] if wav else [])
-            gr.Examples(rows, [text, audio] if wav else [text], label="examples")
+            named = {"text": text, "audio": audio}
+            gr.Examples(shown_examples.generate, [named[c] for c in shown_examples.generate_inputs], label="examples")
         with gr.Tab("Interpolate"):
             with gr.Row():
                 with gr.Column():
@@ -341,13 +498,25 @@ def build_demo(
             i_report = gr.JSON(label="interpolation")
             i_button.click(
                 _page_errors(interpolate_strip),
-                [*a_inputs, *b_inputs, frames, i_mode, i_seed, i_steps, i_guidance],
+                [*a_inputs, *b_inputs, frames, i_mode, i_seed, i_steps, i_guidance, preset],
                 [strip_out, i_report],
                 api_name="interpolate",
             )
-            gr.Examples([[EXAMPLE_PROMPTS[0], EXAMPLE_PROMPTS[1]]], [a_inputs[0], b_inputs[0]], label="examples")
+            ends = {f"a_{k}": c for k, c in zip(CONDITION_KINDS, a_inputs, strict=True)}
+            ends |= {f"b_{k}": c for k, c in zip(CONDITION_KINDS, b_inputs, strict=True)}
+            gr.Examples(
+                [shown_examples.interpolate], [ends[c] for c in shown_examples.interpolate_inputs], label="examples"
+            )
+        preset.change(
+            _page_errors(select),
+            preset,
+            [active, steps_in, guidance_in, i_steps, i_guidance],
+            api_name="select_preset",
+            api_visibility="undocumented",
+        )
     demo.queue(default_concurrency_limit=concurrency)
-    demo.examples_dir = str(wav.parent) if wav else None
+    demo.examples_dir = str(shown_examples.folder) if shown_examples.folder else None
+    demo.pool = pool
     return demo
 
 

@@ -375,7 +375,9 @@ def _generate(
     session = Session(options, kinds)
     call_kwargs = decode.call_kwargs(session.info.kind)
     config = session.space.config if session.space is not None else {}
-    method = (config.get("training") or {}).get("objective") or config.get("preset") or Path(session.source).name
+    objective = (config.get("training") or {}).get("objective")
+    objective = objective.get("name") if isinstance(objective, dict) else objective  # the trainer records a dict
+    method = objective or config.get("preset") or Path(session.source).name
     models = {**session.describe(), "method": method}
     embeds: dict[tuple[str, str], torch.Tensor] = {}
     z_rows = []

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gen_align.errors import ConfigError
+from gen_align.mini.shipped import MINI_DECODER, MINI_SPACE
 
 BEATS_AS2M = "beats/BEATs_iter3_plus_AS2M.pt"
 BEATS_HINT = (
@@ -20,16 +21,28 @@ BEATS_HINT = (
 
 @dataclass(frozen=True)
 class Preset:
-    """Towers (``{modality: tower config}``), decoder hub id and anchor dimension of a named space."""
+    """Towers (``{modality: tower config}``), decoder hub id and anchor dimension of a named space.
+
+    ``checkpoint``: a trained space directory the preset loads as it is (towers and heads inside; ``towers`` then
+    stays empty) — the shipped mini preset."""
 
     name: str
     description: str
     embedding_dim: int
     decoder: str
     towers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoint: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
+    "mini": Preset(
+        name="mini",
+        description="the mini world (tiny CLIP + tiny BEATs + UniAlign heads -> a 32x32 pixel unCLIP decoder, "
+        "64-d); shipped inside the package, works offline",
+        embedding_dim=64,
+        decoder=str(MINI_DECODER),
+        checkpoint=str(MINI_SPACE),
+    ),
     "stable-unclip-h": Preset(
         name="stable-unclip-h",
         description="CLIP ViT-H/14 (laion2b_s32b_b79k) + BEATs -> Stable UnCLIP 2.1 (1024-d raw image embeddings)",

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gen_align import __version__
-from gen_align.errors import ConfigError, EmbeddingError, InputFileError
+from gen_align.errors import ConfigError, EmbeddingError, InputFileError, WeightsNotFoundError
 from gen_align.heads import HeadConfig, ProjectionHead
 from gen_align.io import write_json_atomic
 from gen_align.presets import PRESETS, get_preset
@@ -84,6 +84,14 @@ class AlignedSpace(nn.Module):
             config, base_dir = _read_config(path), path
         elif path.exists():
             raise InputFileError(f"{path} has no {CONFIG_NAME}: it is not a gen-align space checkpoint.")
+        elif str(path_or_preset) in PRESETS and get_preset(str(path_or_preset)).checkpoint:
+            path = Path(get_preset(str(path_or_preset)).checkpoint)
+            if not (path / CONFIG_NAME).is_file():
+                raise WeightsNotFoundError(
+                    f"the {path_or_preset} preset's space is not in this installation ({path} has no {CONFIG_NAME}); "
+                    "reinstall gen-align, or rebuild it with `gen-align mini train --ship`."
+                )
+            config, base_dir = _read_config(path), path
         elif str(path_or_preset) in PRESETS:
             preset = get_preset(str(path_or_preset))
             config = {
@@ -199,7 +207,7 @@ class AlignedSpace(nn.Module):
         show = len(items) > batch_size if progress is None else progress
         chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         outputs = [
-            self._project(modality, tower.encode(chunk))
+            self.project(modality, tower.encode(chunk))
             for chunk in tqdm(chunks, desc=f"encode {modality}", disable=not show)
         ]
         z = torch.cat(outputs).float()
@@ -207,7 +215,10 @@ class AlignedSpace(nn.Module):
             raise EmbeddingError(f"the {modality} encoder produced NaN/inf embeddings; try float32 instead of fp16.")
         return F.normalize(z, dim=-1) if normalize else z
 
-    def _project(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+    @torch.inference_mode()
+    def project(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """Tower features ``(B, d_tower)`` (e.g. from a feature cache) → embeddings in the space: the modality's
+        head, then the output norm; the anchor's features pass unchanged."""
         if modality == self.anchor:
             return features
         if modality in self.heads:

@@ -29,7 +29,11 @@ from gen_align.weights import load_from_source
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-PIPELINE_KINDS = {"StableUnCLIPImg2ImgPipeline": "stable-unclip", "KandinskyV22Pipeline": "kandinsky-2.2"}
+PIPELINE_KINDS = {
+    "StableUnCLIPImg2ImgPipeline": "stable-unclip",
+    "KandinskyV22Pipeline": "kandinsky-2.2",
+    "MiniUnCLIPPipeline": "mini",
+}
 MEMORY_HINT = "try --offload (model CPU offload), --attention-slicing, a smaller --n or --batch-size, or --dtype fp16"
 
 
@@ -160,22 +164,35 @@ def inspect_decoder(source: str, *, weights_dir: str | None = None) -> DecoderIn
             )
         unet = UNet2DConditionModel.load_config(location, subfolder="unet")
         kind = PIPELINE_KINDS[name]
-        dim = unet["projection_class_embeddings_input_dim"] // 2 if kind == "stable-unclip" else unet["encoder_hid_dim"]
-        return DecoderInfo(kind=kind, embedding_dim=int(dim), location=location, source=source)
+        return DecoderInfo(kind=kind, embedding_dim=_embedding_dim(kind, unet), location=location, source=source)
 
     return load_from_source(
         _local_or_hub(read, f"decoder {source}"), source, what=f"decoder {source}", weights_dir=weights_dir
     )
 
 
+def _embedding_dim(kind: str, unet: dict[str, Any]) -> int:
+    """The image-embedding dimension a decoder's UNet config implies (Stable UnCLIP appends a noise-level
+    embedding of the same size to its projection input)."""
+    if kind == "stable-unclip":
+        return int(unet["projection_class_embeddings_input_dim"]) // 2
+    if kind == "mini":
+        return int(unet["projection_class_embeddings_input_dim"])
+    return int(unet["encoder_hid_dim"])
+
+
 def load_decoder(source: str | DecoderInfo, *, weights_dir: str | None = None, **kwargs: Any) -> DiffusersDecoder:
-    """The adapter for the pipeline at ``source`` (Stable UnCLIP or Kandinsky 2.2); ``kwargs`` go to its
+    """The adapter for the pipeline at ``source`` (Stable UnCLIP, Kandinsky 2.2 or mini); ``kwargs`` go to its
     ``from_pretrained`` (device, dtype, offload, attention_slicing, stats, …)."""
     info = source if isinstance(source, DecoderInfo) else inspect_decoder(source, weights_dir=weights_dir)
     if info.kind == "stable-unclip":
         from .stable_unclip import StableUnCLIPDecoder
 
         return StableUnCLIPDecoder.from_pretrained(info.location, weights_dir=weights_dir, **kwargs)
+    if info.kind == "mini":
+        from .mini import MiniDecoder
+
+        return MiniDecoder.from_pretrained(info.location, weights_dir=weights_dir, **kwargs)
     from .kandinsky import KandinskyDecoder
 
     return KandinskyDecoder.from_pretrained(info.location, weights_dir=weights_dir, **kwargs)

@@ -33,8 +33,10 @@ def needs_image_tower(preset: Preset) -> bool:
 
 def requirements(preset: Preset, modalities: Iterable[str]) -> list[Requirement]:
     """Decoder + the towers for ``modalities`` (+ the image tower where the decoder needs it)."""
-    wanted = set(modalities) | ({"image"} if needs_image_tower(preset) else set())
     reqs = [Requirement(preset.decoder, None, "model_index.json", "decoder")]
+    if preset.checkpoint:
+        return [*reqs, Requirement(preset.checkpoint, None, None, "space")]
+    wanted = set(modalities) | ({"image"} if needs_image_tower(preset) else set())
     for modality in sorted(wanted & set(preset.towers)):
         tower = preset.towers[modality]
         marker = None if tower["kind"] == "beats" else "config.json"
@@ -54,13 +56,22 @@ def is_present(req: Requirement, weights_dir: str | os.PathLike | None = None) -
     return isinstance(try_to_load_from_cache(req.source, filename), str)
 
 
-def default_preset(modalities: Iterable[str], weights_dir: str | os.PathLike | None = None) -> str:
-    """The smallest preset whose weights for ``modalities`` are present, else a WeightsNotFoundError that says
-    how to get them."""
+def available_presets(modalities: Iterable[str], weights_dir: str | os.PathLike | None = None) -> list[str]:
+    """Presets whose weights for ``modalities`` are present, smallest first (nothing is downloaded)."""
     modalities = sorted(set(modalities))
-    for preset in sorted(PRESETS.values(), key=lambda p: p.embedding_dim):
-        if all(is_present(r, weights_dir) for r in requirements(preset, modalities)):
-            return preset.name
+    return [
+        preset.name
+        for preset in sorted(PRESETS.values(), key=lambda p: p.embedding_dim)
+        if all(is_present(r, weights_dir) for r in requirements(preset, modalities))
+    ]
+
+
+def default_preset(modalities: Iterable[str], weights_dir: str | os.PathLike | None = None) -> str:
+    """The smallest preset whose weights for ``modalities`` are present (the shipped ``mini`` preset when the
+    package has it), else a WeightsNotFoundError that says how to get them."""
+    available = available_presets(modalities, weights_dir)
+    if available:
+        return available[0]
     raise WeightsNotFoundError(download_instructions(modalities, weights_dir))
 
 
@@ -72,7 +83,11 @@ def download_instructions(modalities: Iterable[str], weights_dir: str | os.PathL
         f"no preset has its weights on this machine for inputs {modalities}: looked under {home} "
         "(--weights-dir, else $GEN_ALIGN_HOME, else ~/.cache/gen-align) and in the Hugging Face cache."
     ]
-    for rank, preset in enumerate(sorted(PRESETS.values(), key=lambda p: p.embedding_dim)):
+    shipped = [p.name for p in PRESETS.values() if p.checkpoint]
+    if shipped:
+        lines.append(f"The shipped preset(s) {shipped} are missing from this installation: reinstall gen-align.")
+    hub_presets = [p for p in PRESETS.values() if not p.checkpoint]
+    for rank, preset in enumerate(sorted(hub_presets, key=lambda p: p.embedding_dim)):
         lines.append(f"{'Smallest' if rank == 0 else 'Or'}: --preset {preset.name} ({preset.description}), get:")
         hub = {r.source for r in requirements(preset, modalities) if looks_like_hub_id(r.source)}
         lines += [f"  huggingface-cli download {s} --local-dir {home / s}" for s in sorted(hub)]

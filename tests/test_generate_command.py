@@ -115,7 +115,22 @@ def test_generate_text_audio_blend_on_kandinsky(world, tmp_path):
     assert m["embedding"]["norms_before"]["text"] == pytest.approx(float(space.encode_text(["a dog barking"]).norm()))
 
 
-def test_calibrate_preset_then_generate_from_image_with_the_default_preset(world, tmp_path, capsys):
+@pytest.fixture
+def without_mini(monkeypatch):
+    """An installation without the shipped mini preset (the default whenever it is there): the hub presets'
+    selection and download messages are what is left."""
+    from gen_align.presets import PRESETS
+
+    monkeypatch.delitem(PRESETS, "mini")
+
+
+def test_shipped_mini_is_the_default_even_with_hub_weights_present(world):
+    from gen_align.pipelines.presence import default_preset
+
+    assert default_preset(["image"], world["home"]) == "mini"
+
+
+def test_calibrate_preset_then_generate_from_image_with_the_default_preset(world, tmp_path, capsys, without_mini):
     home = linked_home(world, tmp_path, ["stable-unclip-h"])
     pictures = world["root"] / "pictures"
     assert (
@@ -145,7 +160,9 @@ def test_calibrate_preset_then_generate_from_image_with_the_default_preset(world
     assert m["embedding"]["calibration"]["source"] == str(home / "calibration" / "stable-unclip-h.json")
 
 
-def test_default_preset_is_the_smallest_present_and_missing_calibration_is_explained(world, tmp_path, capsys):
+def test_default_preset_is_the_smallest_present_and_missing_calibration_is_explained(
+    world, tmp_path, capsys, without_mini
+):
     base = ["generate", "--image", world["image"], "--out", str(tmp_path / "o")]
     fails([*base, "--weights-dir", str(world["home"])], capsys, "gen-align calibrate --preset stable-unclip-h")
     only_kandinsky = linked_home(world, tmp_path, ["kandinsky-2.2"])
@@ -154,7 +171,7 @@ def test_default_preset_is_the_smallest_present_and_missing_calibration_is_expla
     assert not (tmp_path / "o").exists()
 
 
-def test_no_weights_at_all_says_how_to_get_them(world, tmp_path, capsys, monkeypatch):
+def test_no_weights_at_all_says_how_to_get_them(world, tmp_path, capsys, monkeypatch, without_mini):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     empty = tmp_path / "empty"
     argv = ["generate", "--text", "a cat", "--audio", world["audio"], "--weights-dir", str(empty)]

@@ -13,4 +13,5 @@ COMMANDS = (
     "retrieve",
     "fid",
     "app",
+    "mini",
 )

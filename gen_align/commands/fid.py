@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from gen_align.commands._decoding import add_model_arguments, add_sampling_arguments, model_options, sampling_options
+
+MINI_EXTRACTOR = "gen_align.mini.classifier:shipped_extractor"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         weights=parse_weights(args.weights, ["text", "audio"]),
         mode=args.mode,
         limit=args.limit,
-        extractor=args.extractor,
+        extractor=args.extractor or default_extractor(model_options(args)),
         antialias=args.antialias,
         resize=args.resize,
         kid=args.kid,
@@ -47,6 +50,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_extractor(options: Any) -> str:
+    """The mini world's attribute classifier when the space is the mini preset, else the FID Inception."""
+    from gen_align.pipelines.presence import default_preset
+    from gen_align.space import AlignedSpace
+
+    source = options.space or options.preset or default_preset(["text", "audio"], options.weights_dir)
+    preset = AlignedSpace.from_pretrained(source, modalities=[]).config.get("preset")
+    return MINI_EXTRACTOR if preset == "mini" else "inception"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fid",
@@ -68,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = p.add_argument_group("features")
     f.add_argument(
         "--extractor",
-        default="inception",
-        help="inception (default), a TorchScript file, or package.module:Name of an nn.Module",
+        help="inception, a TorchScript file, or package.module:Name of an nn.Module (default: inception; for the "
+        "mini preset its attribute classifier, gen_align.mini.classifier:shipped_extractor)",
     )
     f.add_argument(
         "--antialias",

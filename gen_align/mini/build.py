@@ -1,0 +1,321 @@
+"""``gen-align mini train``: every mini-world model from scratch, through the library's real data path.
+
+Stages, in order, each skipped when its output exists for the same recipe (``WORK/stages.json``) and
+resumable inside (the world generator, the feature cache, the trainer and :func:`fit` all resume):
+
+1. ``world/``      the dataset (:func:`gen_align.mini.world.build_world`);
+2. ``towers/``     CLIP and BEATs pretrained on the training split → ``base-space/`` (towers, no heads);
+3. ``features/``   ``gen-align encode`` of both splits into feature caches;
+4. ``heads/``      ``gen-align train`` of each objective × seed over the cached features (τ picked on validation);
+5. ``decoder/``    the pixel unCLIP decoder on the training images' raw anchor embeddings;
+6. ``classifier/`` the attribute classifier (FID features + attribute accuracy).
+
+``ship`` copies the UniAlign space (towers inside), the decoder, the classifier and example inputs into the package.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gen_align.data.cache import FeatureCache
+from gen_align.data.manifest import Manifest, read_manifest
+from gen_align.errors import InputFileError
+from gen_align.io import write_json_atomic
+
+from .attributes import index_tensor
+from .recipe import SHIPPED_OBJECTIVE, MiniRecipe
+from .towers import EMBEDDING_DIM, fbanks, pretrain_beats, pretrain_clip
+
+STAGES = ("world", "towers", "features", "heads", "decoder", "classifier")
+HEAD_FIELDS = tuple(f.name for f in fields(MiniRecipe) if f.name.startswith("head_"))
+
+
+@dataclass(frozen=True)
+class MiniPaths:
+    """Where each stage of a run under ``work`` writes."""
+
+    work: Path
+
+    def manifest(self, split: str) -> Path:
+        return self.work / "world" / split / "manifest.jsonl"
+
+    @property
+    def base_space(self) -> Path:
+        return self.work / "base-space"
+
+    def features(self, split: str) -> Path:
+        return self.work / "features" / split
+
+    def heads(self, objective: str, seed: int, tau: float) -> Path:
+        return self.work / "heads" / objective / f"tau{tau:g}" / f"seed{seed}"
+
+    def selection(self, objective: str) -> Path:
+        """``heads/<objective>/selection.json``: the τ chosen on validation R@1 and every candidate's score."""
+        return self.work / "heads" / objective / "selection.json"
+
+    def space(self, objective: str, seed: int) -> Path:
+        """The trained space of ``objective`` at its selected τ."""
+        file = self.selection(objective)
+        if not file.is_file():
+            raise InputFileError(f"{file} is missing: the heads stage has not finished; run `gen-align mini train`.")
+        return self.heads(objective, seed, json.loads(file.read_text(encoding="utf-8"))["tau"]) / "space"
+
+    @property
+    def decoder(self) -> Path:
+        return self.work / "decoder"
+
+    @property
+    def classifier(self) -> Path:
+        return self.work / "classifier"
+
+
+def image_tensor(paths: list[Path]) -> torch.Tensor:
+    """``(N, 3, H, W)`` uint8 pixels of RGB image files."""
+    arrays = []
+    for path in paths:
+        with Image.open(path) as im:
+            arrays.append(np.asarray(im.convert("RGB")))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def attributes_of(manifest: Manifest) -> torch.Tensor:
+    """``(N, 4)`` attribute indices of a mini-world manifest's items."""
+    missing = [item.id for item in manifest.items if "attributes" not in item.extra]
+    if missing:
+        raise InputFileError(f"{manifest.path} has items without attributes (e.g. {missing[:3]}): not a mini world.")
+    return index_tensor([item.extra["attributes"] for item in manifest.items])
+
+
+def anchor_features(paths: MiniPaths, split: str, ids: list[str]) -> torch.Tensor:
+    """Raw image (anchor) embeddings of ``ids`` from the split's feature cache."""
+    return FeatureCache.load(paths.features(split)).get("image", ids).float()
+
+
+class MiniBuild:
+    """Runs the stages of :mod:`gen_align.mini.build` for one ``recipe`` under ``work``."""
+
+    def __init__(self, work: str | Path, recipe: MiniRecipe, *, progress: bool = True) -> None:
+        self.paths = MiniPaths(Path(work))
+        self.recipe, self.progress = recipe, progress
+        self.record_path = self.paths.work / "stages.json"
+        self.record: dict[str, Any] = self._read_record()
+
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+        """Run ``stages`` (skipping those already done for this recipe); returns the timing record."""
+        work: dict[str, tuple[tuple[str, ...], Callable[[], None]]] = {
+            "world": (("seed", "train_items", "test_items"), self.world),
+            "towers": (("seed", "train_items", "clip", "beats"), self.towers),
+            "features": (("seed", "train_items", "test_items", "clip", "beats"), self.features),
+            "heads": (("seed", "train_items", "clip", "beats", "objectives", *HEAD_FIELDS), self.heads),
+            "decoder": (("seed", "train_items", "clip", "decoder"), self.decoder),
+            "classifier": (("seed", "train_items", "classifier"), self.classifier),
+        }
+        for stage in stages:
+            depends, step = work[stage]
+            key = self.recipe.stage_hash(*depends)
+            if self.record.get(stage, {}).get("hash") == key:
+                continue
+            started = time.perf_counter()
+            step()
+            # re-read first: stages may run in parallel processes (e.g. ``--stages decoder`` beside ``heads``)
+            self.record = {
+                **self._read_record(),
+                stage: {"hash": key, "seconds": round(time.perf_counter() - started, 1)},
+            }
+            write_json_atomic(self.record_path, self.record)
+        return self.record
+
+    # ------------------------------------------------------------------------------------------ stages
+    def world(self) -> None:
+        from .world import build_world
+
+        r = self.recipe
+        build_world(
+            self.paths.work / "world", seed=r.seed, train=r.train_items, test=r.test_items, progress=self.progress
+        )
+
+    def towers(self) -> None:
+        from gen_align.encoders.audio_io import load_audio
+        from gen_align.space import AlignedSpace
+
+        manifest = read_manifest(self.paths.manifest("train"))
+        images = [item.image for item in manifest.items]
+        captions = [item.text for item in manifest.items]
+        ckpt = self.paths.work / "towers"
+        vision, text = pretrain_clip(
+            images, captions, settings=self.recipe.clip, checkpoint_dir=ckpt / "clip", progress=self.progress
+        )
+        waves = [load_audio(item.audio).numpy() for item in manifest.items]
+        bank = fbanks(waves, progress=self.progress)
+        audio = pretrain_beats(
+            bank,
+            attributes_of(manifest),
+            settings=self.recipe.beats,
+            checkpoint_dir=ckpt / "beats",
+            progress=self.progress,
+        )
+        config = {
+            "format": "gen-align-space",
+            "anchor": "image",
+            "embedding_dim": EMBEDDING_DIM,
+            "towers": {m: {} for m in ("image", "text", "audio")},
+            "heads": {},
+            "output_norm": None,
+        }
+        space = AlignedSpace(config, {"image": vision, "text": text, "audio": audio}, {})
+        space.save_pretrained(self.paths.base_space, save_towers=True)
+
+    def features(self) -> None:
+        from gen_align.data.encode import encode_manifest
+
+        for split in ("train", "test"):
+            encode_manifest(
+                self.paths.manifest(split),
+                self.paths.base_space,
+                self.paths.features(split),
+                modalities=["image", "text", "audio"],
+                batch_size=256,
+                progress=self.progress,
+            )
+
+    def heads(self) -> None:
+        """Per objective: seed 0 at every candidate τ, the τ with the best validation R@1 (mean of text→image and
+        audio→image on the trainer's held-out split of the training set), then the other seeds at that τ."""
+        r = self.recipe
+        for objective in r.objectives:
+            scores = {tau: self._train_head(objective, r.head_seeds[0], tau) for tau in r.head_taus}
+            best = max(scores, key=lambda tau: (scores[tau], -tau))
+            write_json_atomic(
+                self.paths.selection(objective),
+                {
+                    "tau": best,
+                    "criterion": "mean validation R@1 text->image, audio->image (seed 0)",
+                    "validation": {f"{t:g}": v for t, v in scores.items()},
+                },
+            )
+            for seed in r.head_seeds[1:]:
+                self._train_head(objective, seed, best)
+
+    def _train_head(self, objective: str, seed: int, tau: float) -> float:
+        """Train (or reuse) one head set; returns its final validation R@1 (mean over text and audio → image)."""
+        from gen_align.train.config import TrainConfig
+        from gen_align.train.trainer import Trainer
+
+        r = self.recipe
+        out = self.paths.heads(objective, seed, tau)
+        summary_file = out / "train_summary.json"
+        if not summary_file.is_file():
+            params = {**(r.head_params or {}).get(objective, {}), "tau": tau}
+            config = TrainConfig(
+                features=str(self.paths.features("train")),
+                out=str(out),
+                objective=objective,
+                objective_params=params,
+                lr=r.head_lr,
+                batch_size=r.head_batch,
+                epochs=r.head_epochs,
+                val_size=r.head_val,
+                seed=seed,
+                log_every=50,
+            ).validate()
+            Trainer(config).fit(resume=any(out.glob("checkpoints/*")))
+        validation = json.loads(summary_file.read_text(encoding="utf-8"))["history"][-1]["validation"]
+        return (validation["R@1/text->image"] + validation["R@1/audio->image"]) / 2
+
+    def decoder(self) -> None:
+        from .decoder_train import train_decoder
+
+        manifest = read_manifest(self.paths.manifest("train"))
+        images = image_tensor([item.image for item in manifest.items])
+        embeds = anchor_features(self.paths, "train", [item.id for item in manifest.items])
+        train_decoder(
+            images,
+            embeds,
+            out_dir=self.paths.decoder,
+            settings=self.recipe.decoder,
+            checkpoint_dir=self.paths.work / "checkpoints" / "decoder",
+            progress=self.progress,
+        )
+
+    def classifier(self) -> None:
+        from .classifier import train_classifier
+
+        manifest = read_manifest(self.paths.manifest("train"))
+        images = image_tensor([item.image for item in manifest.items])
+        model = train_classifier(
+            images,
+            attributes_of(manifest),
+            settings=self.recipe.classifier,
+            checkpoint_dir=self.paths.work / "checkpoints" / "classifier",
+            progress=self.progress,
+        )
+        model.save_pretrained(self.paths.classifier)
+
+    # ------------------------------------------------------------------------------------------- state
+    def _read_record(self) -> dict[str, Any]:
+        if not self.record_path.exists():
+            return {}
+        try:
+            return json.loads(self.record_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputFileError(f"{self.record_path} is unreadable ({err}); delete it to rerun every stage.") from err
+
+
+def ship(paths: MiniPaths, target: Path, *, objective: str = SHIPPED_OBJECTIVE, seed: int = 0) -> Path:
+    """Copy the ``objective`` space (towers inside, preset ``mini``), decoder, classifier and example inputs of a
+    finished run into ``target`` (the package's ``mini/weights``), replacing what was there."""
+    from gen_align.space import AlignedSpace
+
+    from .shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_EXAMPLES, MINI_SPACE
+
+    staging = target.with_name(target.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    space = AlignedSpace.from_pretrained(paths.space(objective, seed))
+    space.config["preset"] = "mini"
+    space.config["training"] = {**space.config.get("training", {}), "seed": seed}
+    space.save_pretrained(staging / MINI_SPACE.name, save_towers=True)
+    shutil.copytree(paths.decoder, staging / MINI_DECODER.name, ignore=shutil.ignore_patterns("*.tmp", ".*"))
+    shutil.copytree(paths.classifier, staging / MINI_CLASSIFIER.name)
+    _write_examples(read_manifest(paths.manifest("test")), staging / MINI_EXAMPLES.name)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+EXAMPLES = (
+    {"size": "large", "colour": "blue", "shape": "circle", "background": "plain"},
+    {"size": "small", "colour": "red", "shape": "star", "background": "stripes"},
+    {"size": "small", "colour": "green", "shape": "triangle", "background": "dots"},
+    {"size": "large", "colour": "yellow", "shape": "square", "background": "stripes"},
+    {"size": "large", "colour": "purple", "shape": "cross", "background": "dots"},
+    {"size": "small", "colour": "orange", "shape": "circle", "background": "stripes"},
+)
+
+
+def example_name(attributes: dict[str, str]) -> str:
+    """``large-blue-circle-plain.wav``: an example clip's file name."""
+    return "-".join(attributes[k] for k in ("size", "colour", "shape", "background")) + ".wav"
+
+
+def _write_examples(manifest: Manifest, folder: Path) -> None:
+    """For each of :data:`EXAMPLES`, the first test item with those attributes: its audio and caption
+    (``examples.json``), the inputs the README and the app offer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for wanted in EXAMPLES:
+        item = next((i for i in manifest.items if i.extra["attributes"] == wanted), None)
+        if item is None:
+            continue  # a small (smoke) world need not hold every combination
+        shutil.copyfile(item.audio, folder / example_name(wanted))
+        entries.append({"audio": example_name(wanted), "text": item.text, "attributes": wanted, "id": item.id})
+    write_json_atomic(folder / "examples.json", entries)

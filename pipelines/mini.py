@@ -1,0 +1,165 @@
+"""The mini world's unCLIP decoder: a pixel-space diffusers UNet conditioned on a raw image embedding.
+
+Conditioning is Stable UnCLIP's: the UNet has ``class_embed_type="projection"`` and gets the ``(B, d)`` embedding
+as ``class_labels`` (raw scale, as trained), added to its timestep embedding and applied by FiLM
+(``resnet_time_scale_shift="scale_shift"``). There is no cross-attention. The classifier-free-guidance negative
+is a zero vector (training drops the condition to zeros). Images are ``3 × S × S`` in ``[-1, 1]``; each image's
+initial noise comes from its own generator (on the CPU), so image ``i`` depends only on its seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
+from torch import Tensor
+
+from gen_align.checks import choice, integer, non_negative
+from gen_align.errors import ConfigError, EmbeddingError
+
+from .decoders import DiffusersDecoder
+
+OUTPUT_TYPES = ("pil", "pt", "np")
+
+
+def mini_scheduler(**overrides: Any) -> DDIMScheduler:
+    """The sampling scheduler saved with a mini decoder: DDIM over a cosine schedule, v-prediction, trailing
+    timesteps (the first step starts from pure noise), samples clipped to ``[-1, 1]``."""
+    config = {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "squaredcos_cap_v2",
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+        "prediction_type": "v_prediction",
+        "timestep_spacing": "trailing",
+        "set_alpha_to_one": True,
+    }
+    return DDIMScheduler(**(config | overrides))
+
+
+class MiniUnCLIPPipeline(DiffusionPipeline):
+    """Pixel-space unCLIP: ``unet`` (UNet2DConditionModel with a projection class embedding) + ``scheduler``
+    (DDIM by default; DDPM works too)."""
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler | DDPMScheduler) -> None:
+        super().__init__()
+        if unet.config.class_embed_type != "projection":
+            raise ConfigError(
+                "the mini decoder's UNet needs class_embed_type='projection' (the embedding goes in as class_labels); "
+                "build it with gen_align.mini.decoder_train.unet_config."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.unet.config.projection_class_embeddings_input_dim)
+
+    @property
+    def sample_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    def initial_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
+        """``(B, C, S, S)`` standard normal noise, image ``i`` drawn from ``generators[i]`` on the CPU."""
+        shape = (1, self.unet.config.in_channels, self.sample_size, self.sample_size)
+        noise = torch.cat([torch.randn(shape, generator=g, device=g.device) for g in generators])
+        return noise.to(self._execution_device, self.unet.dtype)
+
+    def guided_prediction(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, guidance: float) -> Tensor:
+        """The UNet's prediction at ``t``, classifier-free guided against the zero embedding when ``guidance > 1``."""
+        if guidance <= 1.0:
+            return self.unet(x, t, encoder_hidden_states=None, class_labels=embeds).sample
+        both = self.unet(
+            torch.cat([x, x]), t, encoder_hidden_states=None, class_labels=torch.cat([torch.zeros_like(embeds), embeds])
+        ).sample
+        uncond, cond = both.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image_embeds: torch.Tensor,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 2.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Images for ``image_embeds (B, d)`` (raw scale): ``generator`` is one per image (or one shared)."""
+        embeds = self._check_embeds(image_embeds)
+        steps = integer(num_inference_steps, "num_inference_steps", low=1)
+        guidance = non_negative(guidance_scale, "guidance_scale")
+        choice(output_type, "output_type", OUTPUT_TYPES)
+        generators = self._generators(generator, len(embeds))
+        x = self.initial_noise(generators) * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(steps, device=self._execution_device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = self.scheduler.scale_model_input(x, t)
+            prediction = self.guided_prediction(model_input, t, embeds, guidance)
+            x = self.scheduler.step(prediction, t, x, generator=generators).prev_sample
+        images = self.image_processor.postprocess(x.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _check_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 2 or embeds.shape[1] != self.embedding_dim:
+            got = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise EmbeddingError(f"image_embeds must be a (B, {self.embedding_dim}) float tensor, got {got}.")
+        if not bool(torch.isfinite(embeds).all()):
+            raise EmbeddingError("image_embeds contain NaN/inf values; encode in float32.")
+        return embeds.to(self._execution_device, self.unet.dtype)
+
+    @staticmethod
+    def _generators(generator: torch.Generator | list[torch.Generator] | None, count: int) -> list[torch.Generator]:
+        if generator is None:
+            return [torch.Generator("cpu").manual_seed(int(torch.randint(0, 2**31, ()))) for _ in range(count)]
+        if isinstance(generator, torch.Generator):
+            return [generator] * count
+        if len(generator) != count:
+            raise ConfigError(f"got {len(generator)} generators for {count} embeddings; pass one per embedding.")
+        return list(generator)
+
+
+class MiniDecoder(DiffusersDecoder):
+    """:class:`MiniUnCLIPPipeline` behind the Decoder contract; one output size (the UNet's sample size)."""
+
+    pipeline_class = MiniUnCLIPPipeline
+    kind = "mini"
+    default_guidance = 2.0  # measured: stronger guidance over-saturates a decoder fed full image embeddings
+    default_steps = 25
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.pipe.unet.config.projection_class_embeddings_input_dim)
+
+    @property
+    def native_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size)
+
+    def _side(self, value: int | None, name: str) -> int:
+        if value is not None and value != self.native_size:
+            raise ConfigError(
+                f"the mini decoder draws {self.native_size}x{self.native_size} pixels only (a pixel-space model has "
+                f"one size), got {name} {value!r}; leave --height/--width out."
+            )
+        return self.native_size
+
+    def _generate(
+        self,
+        embeds: torch.Tensor,
+        generators: list[torch.Generator],
+        steps: int,
+        guidance: float,
+        height: int,
+        width: int,
+        **kwargs: Any,
+    ) -> list[Image.Image]:
+        if kwargs:
+            raise ConfigError(f"the mini decoder got unknown options {sorted(kwargs)}.")
+        out = self.pipe(image_embeds=embeds, num_inference_steps=steps, guidance_scale=guidance, generator=generators)
+        return list(out.images)

@@ -1,0 +1,192 @@
+"""The mini pixel-space unCLIP decoder: save/inspect/load through the generic functions, per-image seeds, errors,
+a session end to end, learning solid colours from one-hot codes, and resumable training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from tiny_models import HIDDEN, tiny_space
+
+import gen_align.mini.decoder_train as decoder_train
+from gen_align.errors import ConfigError, EmbeddingError, InputDataError
+from gen_align.mini.decoder_train import build_unet, train_decoder, unet_config
+from gen_align.mini.loop import FitSettings
+from gen_align.pipelines.decoders import Decoder, EmbeddingStats, inspect_decoder, load_decoder
+from gen_align.pipelines.generate import DecodeOptions, generate
+from gen_align.pipelines.mini import MiniDecoder, MiniUnCLIPPipeline, mini_scheduler
+from gen_align.pipelines.session import Condition, RuntimeOptions
+
+TINY = {"block_out_channels": (8, 16), "sample_size": 16}
+COLOURS = torch.tensor([[230, 30, 30], [30, 200, 40], [40, 60, 230], [240, 220, 30]], dtype=torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    pipe = MiniUnCLIPPipeline(unet=build_unet(HIDDEN, seed=1, **TINY), scheduler=mini_scheduler())
+    path = tmp_path_factory.mktemp("mini") / "decoder"
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def decoder(folder):
+    return load_decoder(str(folder), device="cpu", stats=EmbeddingStats(mean_norm=3.0), progress=False)
+
+
+def pixels(images):
+    return np.stack([np.asarray(im) for im in images]).astype(int)
+
+
+def embeds(n, seed=0):
+    return torch.randn(n, HIDDEN, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_config_is_small_and_pixel_space():
+    config = unet_config(64)
+    unet = build_unet(64)
+    assert (config["in_channels"], config["out_channels"], config["sample_size"]) == (3, 3, 32)
+    assert config["class_embed_type"] == "projection" and config["projection_class_embeddings_input_dim"] == 64
+    assert 0.5e6 < sum(p.numel() for p in unet.parameters()) < 3e6
+    assert unet_config(8, **TINY)["down_block_types"] == ("DownBlock2D", "AttnDownBlock2D")
+
+
+def test_save_inspect_load_round_trip(folder, decoder):
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "MiniUnCLIPPipeline" and list((folder / "unet").glob("*.safetensors"))
+    info = inspect_decoder(str(folder))
+    assert (info.kind, info.embedding_dim) == ("mini", HIDDEN)
+    assert isinstance(decoder, MiniDecoder) and isinstance(decoder, Decoder)
+    assert (decoder.embedding_dim, decoder.native_size, decoder.default_steps) == (HIDDEN, 16, 25)
+    assert decoder.describe() == {"kind": "mini", "embedding_dim": HIDDEN, "dtype": "fp32"}
+    z = embeds(2)
+    images = decoder(z, seed=4, steps=3, guidance=2.0)
+    assert [im.size for im in images] == [(16, 16)] * 2 and images[0].mode == "RGB"
+    direct = decoder.pipe(
+        z, num_inference_steps=3, guidance_scale=2.0, generator=[torch.Generator().manual_seed(4 + i) for i in range(2)]
+    ).images
+    np.testing.assert_array_equal(pixels(images), pixels(direct))
+    tensor = decoder.pipe(z[:1], num_inference_steps=2, output_type="pt").images
+    assert tensor.shape == (1, 3, 16, 16) and 0 <= tensor.min() and tensor.max() <= 1
+
+
+def test_per_image_seeds(decoder):
+    z = embeds(3, seed=2)
+    first = pixels(decoder(z, seed=5, steps=3))
+    np.testing.assert_array_equal(first, pixels(decoder(z, seed=5, steps=3)))
+    alone = pixels(decoder(z[1:2], seed=6, steps=3))
+    chunked = pixels(decoder(z, seed=[5, 6, 7], batch_size=2, steps=3))
+    assert np.abs(alone[0] - first[1]).max() <= 1 and np.abs(chunked - first).max() <= 1
+    assert np.abs(pixels(decoder(z[1:2], seed=9, steps=3))[0] - first[1]).mean() > 5
+    ddpm = MiniUnCLIPPipeline(unet=decoder.pipe.unet, scheduler=DDPMScheduler.from_config(mini_scheduler().config))
+    ddpm.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
+    batch = ddpm(z, num_inference_steps=3, generator=gens, output_type="np").images
+    single = ddpm(z[1:2], num_inference_steps=3, generator=[torch.Generator().manual_seed(6)], output_type="np").images
+    np.testing.assert_allclose(batch[1], single[0], atol=1e-4)
+
+
+def test_call_errors_say_what_is_wrong(decoder):
+    with pytest.raises(EmbeddingError, match=f"takes {HIDDEN}-d image embeddings but got 16-d"):
+        decoder(torch.randn(1, 16), steps=1)
+    bad = embeds(1)
+    bad[0, 3] = float("nan")
+    with pytest.raises(EmbeddingError, match="NaN"):
+        decoder(bad, steps=1)
+    with pytest.raises(ConfigError, match="16x16 pixels only.*leave --height/--width out"):
+        decoder(embeds(1), steps=1, height=32)
+    with pytest.raises(ConfigError, match="unknown options"):
+        decoder(embeds(1), steps=1, noise_level=3)
+    with pytest.raises(ConfigError, match="--noise-level applies to the stable-unclip decoder only"):
+        DecodeOptions(noise_level=2).call_kwargs("mini")
+    with pytest.raises(EmbeddingError, match=r"\(B, 32\)"):
+        decoder.pipe(torch.randn(2, 8))
+
+
+def test_generate_command_flow_with_a_mini_decoder(folder, tmp_path):
+    space = tiny_space(tmp_path / "space", output_norm=3.0)
+    options = RuntimeOptions(space=str(space), decoder=str(folder), device="cpu", progress=False)
+    result = generate(
+        options, [Condition("text", "a red circle")], n=2, decode=DecodeOptions(steps=2), out=tmp_path / "out"
+    )
+    record = result.record
+    assert record["decoder"]["kind"] == "mini" and (record["steps"], record["guidance"]) == (2, 2.0)
+    assert record["size"] == [16, 16] and (tmp_path / "out" / "grid.png").is_file()
+    assert "noise_level" not in record
+
+
+def test_training_data_is_validated(tmp_path):
+    settings = FitSettings(steps=1, batch_size=2, lr=1e-3)
+    good = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+    z = torch.zeros(4, 8)
+    cases = [
+        (good.float(), z, "uint8"),
+        (good[:, :1], z, r"\(N, 3, S, S\)"),
+        (good, z[:3], "4 images but 3 embeddings"),
+        (good, z.long(), "float tensor"),
+        (good, torch.full((4, 8), float("nan")), "NaN"),
+    ]
+    for images, codes, message in cases:
+        with pytest.raises(InputDataError, match=message):
+            train_decoder(images, codes, out_dir=tmp_path, settings=settings, unet_overrides=TINY)
+    with pytest.raises(ConfigError, match="cond_dropout"):
+        train_decoder(good, z, out_dir=tmp_path, settings=settings, cond_dropout=1.0)
+    with pytest.raises(ConfigError, match="sample_size 32 differs"):
+        train_decoder(good, z, out_dir=tmp_path, settings=settings, unet_overrides={"sample_size": 32})
+
+
+def colour_set(side=8, n=64):
+    labels = torch.arange(n) % len(COLOURS)
+    images = COLOURS[labels][:, :, None, None].expand(n, 3, side, side).contiguous()
+    codes = torch.eye(len(COLOURS), 8) * 3.0
+    return images, codes[labels], codes
+
+
+def test_training_learns_the_colour_of_each_code(tmp_path):
+    images, z, codes = colour_set()
+    settings = FitSettings(steps=200, batch_size=16, lr=1e-2, warmup=10, ema_decay=0.9, seed=0)
+    tiny = {"block_out_channels": (8, 16)}
+    pipe = train_decoder(images, z, out_dir=tmp_path / "dec", settings=settings, unet_overrides=tiny, progress=False)
+    assert inspect_decoder(str(tmp_path / "dec")).kind == "mini"
+    pipe.set_progress_bar_config(disable=True)
+    codes = codes.repeat_interleave(2, dim=0)
+    generators = [torch.Generator().manual_seed(s) for s in range(len(codes))]
+    out = pipe(codes, num_inference_steps=10, generator=generators, output_type="np").images
+    means = torch.from_numpy(out.mean(axis=(1, 2)) * 255)
+    nearest = torch.cdist(means, COLOURS.float()).argmin(dim=1)
+    assert nearest.tolist() == torch.arange(len(COLOURS)).repeat_interleave(2).tolist()
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    images, z, _ = colour_set(n=8)
+    settings = FitSettings(steps=6, batch_size=4, lr=1e-3, ema_decay=0.9, checkpoint_every=2, seed=3)
+    kwargs = {"settings": settings, "unet_overrides": {"block_out_channels": (8, 16)}, "progress": False}
+    straight = train_decoder(images, z, out_dir=tmp_path / "a", **kwargs)
+
+    make_loss = decoder_train.make_loss
+    calls = []
+
+    def interrupted(*args, **kw):
+        loss_fn = make_loss(*args, **kw)
+
+        def wrapped(model, indices, generator):
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return loss_fn(model, indices, generator)
+
+        return wrapped
+
+    monkeypatch.setattr(decoder_train, "make_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_decoder(images, z, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", **kwargs)
+    assert (tmp_path / "ckpt" / "fit_state.pt").is_file() and not (tmp_path / "b").exists()
+    resumed = train_decoder(images, z, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", **kwargs)
+    assert len(calls) == 4 + 4  # stopped in step 4 (state saved after step 2), then steps 3-6 again
+    reloaded = MiniUnCLIPPipeline.from_pretrained(tmp_path / "b")
+    for name, tensor in straight.unet.state_dict().items():
+        assert torch.equal(tensor, resumed.unet.state_dict()[name]), name
+        assert torch.equal(tensor, reloaded.unet.state_dict()[name]), name
