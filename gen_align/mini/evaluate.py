@@ -250,6 +250,12 @@ def table(record: dict[str, Any]) -> str:
         "indistinguishable from text or audio, which caps it well below 100.",
         "",
         _verdict(s, methods),
+        "",
+        "![samples](mini_samples.png)",
+        "",
+        "Sample grid: the first row is the first test items' real images, then their reconstructions; then one row "
+        f"per method ({', '.join(NAMES[m] for m in methods)}), columns T2I | A2I | (T+A)→I for the same items "
+        "(seed 0).",
     ]
     return "\n".join(lines) + "\n"
 
