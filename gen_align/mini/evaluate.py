@@ -48,7 +48,7 @@ class EvalOptions:
 
     work: Path
     out: Path = Path("docs/results")
-    items: int | None = 256
+    items: int | None = 128
     steps: int | None = 10
     guidance: float | None = None
     batch_size: int = 256
