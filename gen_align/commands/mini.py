@@ -104,7 +104,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = actions.add_parser("eval", help="the reproduction table: FID, attribute accuracy, R@1, gap, Hölder")
     e.add_argument("--work", default=DEFAULT_WORK, help=f"a finished `mini train` work folder (default {DEFAULT_WORK})")
     e.add_argument("--out", default="docs/results", help="where mini.md, mini.json, mini_samples.png go")
-    e.add_argument("--items", type=int, default=128, help="generate for the first N test items (default 128; the published table used 256)")
+    e.add_argument(
+        "--items",
+        type=int,
+        default=128,
+        help="generate for the first N test items (default 128; the published table used 256)",
+    )
     e.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     e.add_argument("--guidance", type=float, help="classifier-free guidance (default: the decoder's)")
     e.add_argument("--seeds", default="0,1,2", help="head-training seeds to evaluate (default 0,1,2)")
