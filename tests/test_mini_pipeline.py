@@ -4,6 +4,7 @@ ship → eval, through the CLI, then the shipped folder loads and generates thro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,7 +60,8 @@ def test_shipped_folder_loads_and_generates(smoke_run):
     work, shipped = smoke_run
     space = AlignedSpace.from_pretrained(shipped / "space")
     assert space.config["preset"] == "mini"
-    assert all(not (shipped / "space" / "towers" / m / ".." / "..").samefile(work) for m in space.modalities)
+    sources = [Path(t["source"]) for t in space.config["towers"].values()]
+    assert all(not s.is_absolute() and (shipped / "space" / s).is_dir() for s in sources)  # self-contained
     item = read_manifest(MiniPaths(work).manifest("test")).items[0]
     z = {"text": space.encode_text([item.text]), "audio": space.encode_audio([str(item.audio)])}
     assert all(v.shape == (1, space.embedding_dim) for v in z.values())
