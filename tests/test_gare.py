@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from gen_align.errors import CheckpointError, ConfigError, EmbeddingError, GenAlignError, InputDataError, InputFileError
+from gen_align.errors import (
+    CheckpointError,
+    ConfigError,
+    EmbeddingError,
+    GenAlignError,
+    InputDataError,
+    WeightsNotFoundError,
+)
 from gen_align.retrieval.gare import GAREConfig, GAREHead, direction_penalty, gaussian_kl, norm_penalty
 from gen_align.retrieval.head_training import RetrievalHead, load_head, train_head
 
@@ -257,7 +264,7 @@ def test_training_is_reproducible_and_save_load_is_bit_exact(tmp_path):
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(InputFileError, match="save_pretrained"):
+    with pytest.raises(WeightsNotFoundError, match="save_pretrained"):
         load_head(tmp_path / "missing")
     head = random_head()
     head.save_pretrained(tmp_path / "h")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 from sklearn.metrics import accuracy_score
 
-from gen_align.errors import ConfigError, InputDataError, InputFileError, WeightsNotFoundError
+from gen_align.errors import CheckpointError, ConfigError, InputDataError, WeightsNotFoundError
 from gen_align.mini import shipped
 from gen_align.mini.attributes import ATTRIBUTES, NAMES
 from gen_align.mini.classifier import (
@@ -188,19 +188,19 @@ def test_bad_checkpoints(tmp_path):
         AttributeClassifier.from_pretrained(tmp_path / "missing")
     directory = AttributeClassifier(SMALL).save_pretrained(tmp_path / "clf")
     (directory / "model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(InputFileError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="corrupt"):
         AttributeClassifier.from_pretrained(directory)
     (directory / "model.safetensors").unlink()
     with pytest.raises(WeightsNotFoundError, match="weights"):
         AttributeClassifier.from_pretrained(directory)
     (directory / "config.json").write_text("{not json")
-    with pytest.raises(InputFileError, match="config.json"):
+    with pytest.raises(CheckpointError, match="config.json"):
         AttributeClassifier.from_pretrained(directory)
     # config and weights of different sizes
     AttributeClassifier(SMALL).save_pretrained(tmp_path / "a")
     AttributeClassifier().save_pretrained(tmp_path / "b")
     (tmp_path / "b" / "model.safetensors").replace(tmp_path / "a" / "model.safetensors")
-    with pytest.raises(Exception, match="does not match its config"):
+    with pytest.raises(CheckpointError, match="does not match its config"):
         AttributeClassifier.from_pretrained(tmp_path / "a")
 
 

@@ -14,7 +14,6 @@ Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ from torch import Tensor, nn
 
 from gen_align import __version__
 from gen_align.checks import integer
-from gen_align.errors import CheckpointError, ConfigError, InputDataError, InputFileError, WeightsNotFoundError
-from gen_align.io import write_bytes_atomic, write_json_atomic
+from gen_align.errors import CheckpointError, ConfigError, InputDataError, WeightsNotFoundError
 from gen_align.mini.attributes import ATTRIBUTES, NAMES, NUM_LABELS, index_tensor, split_logits
 from gen_align.mini.loop import FitSettings, fit
+from gen_align.module_checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_module_config, read_module_weights, save_module
 
 __all__ = [
     "AttributeClassifierConfig",
@@ -42,8 +41,7 @@ __all__ = [
 ]
 
 FORMAT = "gen-align-mini-classifier"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+_FIX = "train one with train_classifier(...) and write it with classifier.save_pretrained(directory)"
 SHIFT = 2  # training translations: ±SHIFT pixels, edge padded
 _MEAN, _STD = 0.5, 0.25  # input normalisation of [0, 1] pixels
 
@@ -125,19 +123,13 @@ class AttributeClassifier(nn.Module):
     # ------------------------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if missing)."""
-        from safetensors.torch import save
-
-        directory = Path(directory)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        write_bytes_atomic(directory / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT}))
         meta = {
             "format": FORMAT,
             "config": dataclasses.asdict(self.config),
             "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
             "library_version": __version__,
         }
-        write_json_atomic(directory / CONFIG_NAME, meta)
-        return directory
+        return save_module(directory, self, meta)
 
     @classmethod
     def from_pretrained(
@@ -146,7 +138,7 @@ class AttributeClassifier(nn.Module):
         """Load a directory written by :meth:`save_pretrained` (eval mode)."""
         directory = Path(directory)
         model = cls(_read_config(directory))
-        model.load_state_dict(_read_weights(directory / WEIGHTS_NAME, model))
+        model.load_state_dict(read_module_weights(directory, model, what="attribute classifier", fix=_FIX))
         model.eval()
         return model.to(device) if device is not None else model
 
@@ -183,22 +175,8 @@ def check_images(images: object, name: str = "images") -> Tensor:
 
 
 def _read_config(directory: Path) -> AttributeClassifierConfig:
+    raw = read_module_config(directory, fmt=FORMAT, what="mini attribute classifier", fix=_FIX)
     path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"{path} does not exist: {directory} is not an attribute classifier checkpoint "
-            "(train one with train_classifier(...) and write it with classifier.save_pretrained(directory))."
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputFileError(f"cannot read {path} ({err}); re-save the classifier with save_pretrained().") from err
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("config"), dict):
-        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(
-            f"{path} is not a mini attribute classifier config (format {got!r}, expected {FORMAT!r} with a 'config' "
-            "object); point to the directory written by AttributeClassifier.save_pretrained."
-        )
     saved = raw.get("attributes")
     if saved != {k: list(v) for k, v in ATTRIBUTES.items()}:
         raise CheckpointError(
@@ -211,32 +189,6 @@ def _read_config(directory: Path) -> AttributeClassifierConfig:
         raise CheckpointError(
             f"{path}: invalid classifier config {raw['config']} ({err}); re-save it with this gen-align version."
         ) from err
-
-
-def _read_weights(path: Path, model: nn.Module) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"{path} is missing: the classifier's config is there but not its weights; re-save the classifier."
-        )
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputFileError(
-            f"{path} is not a readable safetensors file ({err}); it is corrupt or truncated — re-save or retrain "
-            "the classifier."
-        ) from err
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shapes {wrong[:3]}); the two files come from different classifiers — re-save it."
-        )
-    return tensors
 
 
 # ---------------------------------------------------------------------------------------------- training

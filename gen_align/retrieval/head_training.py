@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-import json
 import math
 import os
 import time
@@ -31,15 +30,14 @@ from torch import nn
 
 from gen_align import __version__
 from gen_align.checks import integer, non_negative, positive
-from gen_align.errors import CheckpointError, ConfigError, EmbeddingError, InputFileError
-from gen_align.io import write_bytes_atomic, write_json_atomic
+from gen_align.errors import CheckpointError, ConfigError, EmbeddingError
+from gen_align.module_checkpoint import CONFIG_NAME, read_module_config, read_module_weights, save_module
 from gen_align.tensors import as_embeddings
 
 __all__ = ["RetrievalHead", "HeadTrainingHistory", "train_head", "load_head", "RETRIEVAL_HEAD_KINDS"]
 
 FORMAT = "gen-align-retrieval-head"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+_FIX = "re-save the head with head.save_pretrained(directory)"
 RETRIEVAL_HEAD_KINDS = {
     "gare": "gen_align.retrieval.gare:GAREHead",
     "gravi-align": "gen_align.retrieval.gravi_head:GraviAlignHead",
@@ -68,19 +66,13 @@ class RetrievalHead(nn.Module, abc.ABC):
     # ------------------------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created if missing)."""
-        from safetensors.torch import save
-
-        directory = Path(directory)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        write_bytes_atomic(directory / WEIGHTS_NAME, save(tensors, metadata={"format": FORMAT, "kind": self.kind}))
         config = {
             "format": FORMAT,
             "kind": self.kind,
             "config": dataclasses.asdict(self.config),
             "library_version": __version__,
         }
-        write_json_atomic(directory / CONFIG_NAME, config)
-        return directory
+        return save_module(directory, self, config)
 
     @classmethod
     def from_pretrained(
@@ -89,7 +81,7 @@ class RetrievalHead(nn.Module, abc.ABC):
         """Load a directory written by :meth:`save_pretrained` (in eval mode). Called on the base class,
         it builds whichever head kind the config names."""
         directory = Path(directory)
-        raw = _read_head_config(directory)
+        raw = read_module_config(directory, fmt=FORMAT, what="gen-align retrieval head", fix=_FIX)
         head_cls = _head_class(raw["kind"]) if cls is RetrievalHead else cls
         if raw["kind"] != head_cls.kind:
             raise CheckpointError(
@@ -108,7 +100,7 @@ class RetrievalHead(nn.Module, abc.ABC):
         except (TypeError, ConfigError) as err:
             raise CheckpointError(f"{directory / CONFIG_NAME}: invalid {head_cls.kind} config: {err}") from err
         head = head_cls(config)
-        tensors = _read_weights(directory / WEIGHTS_NAME, head)
+        tensors = read_module_weights(directory, head, what="retrieval head", fix=_FIX)
         dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
         if len(dtypes) == 1:  # saved in float64 / bfloat16: load in that dtype, bit for bit
             head.to(dtypes.pop())
@@ -122,47 +114,6 @@ def _head_class(kind: str) -> type[RetrievalHead]:
         raise CheckpointError(f"unknown retrieval head kind {kind!r}; known kinds: {sorted(RETRIEVAL_HEAD_KINDS)}.")
     module, name = RETRIEVAL_HEAD_KINDS[kind].split(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _read_head_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise InputFileError(
-            f"{path} does not exist: {directory} is not a retrieval head checkpoint "
-            "(write one with head.save_pretrained(directory))."
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}. Re-save the head with head.save_pretrained().") from err
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("config"), dict):
-        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(
-            f"{path} is not a gen-align retrieval head config (format {got!r}, expected {FORMAT!r} with a "
-            "'config' object); a space checkpoint loads with AlignedSpace.from_pretrained instead."
-        )
-    return raw
-
-
-def _read_weights(path: Path, head: nn.Module) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise InputFileError(f"{path} is missing: the head's config is there but not its weights; re-save the head.")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-save the head.") from err
-    expected = head.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path} does not match its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {wrong[:5]}. The weights and the config come from different heads; re-save the head."
-        )
-    return tensors
 
 
 def load_head(directory: str | os.PathLike, *, device: str | torch.device | None = None) -> RetrievalHead:
