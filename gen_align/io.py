@@ -24,6 +24,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str = "", 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; results and weights are ordinary files
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -44,6 +45,18 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str = "", 
         finally:
             os.close(dir_fd)
     return path
+
+
+def _new_file_mode() -> int:
+    """0666 minus the process umask (what ``open(path, "w")`` would give), read without changing the umask where
+    /proc allows it (changing it is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

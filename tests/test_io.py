@@ -18,6 +18,15 @@ def test_write_json_atomic_roundtrip(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
 
 
+def test_written_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        path = write_text_atomic(tmp_path / "a.txt", "x")
+        assert path.stat().st_mode & 0o777 == 0o640  # 0666 minus the umask, as open() would give
+    finally:
+        os.umask(umask)
+
+
 def test_full_disk_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "r.json"
     target.write_text("old")

@@ -136,6 +136,26 @@ def test_training_data_is_validated(tmp_path):
         train_decoder(good, z, out_dir=tmp_path, settings=settings, cond_dropout=1.0)
     with pytest.raises(ConfigError, match="sample_size 32 differs"):
         train_decoder(good, z, out_dir=tmp_path, settings=settings, unet_overrides={"sample_size": 32})
+    with pytest.raises(ConfigError, match="snr_gamma"):
+        train_decoder(good, z, out_dir=tmp_path, settings=settings, snr_gamma=0.0, unet_overrides=TINY)
+
+
+def cosine_snr(steps=1000, s=0.008):
+    """SNR_t of the squared-cosine schedule from its definition (Nichol & Dhariwal 2021, Eq. 17), in numpy."""
+    f = np.cos((np.arange(steps + 1) / steps + s) / (1 + s) * np.pi / 2) ** 2
+    betas = np.minimum(1 - f[1:] / f[:-1], 0.999)
+    alphas = np.cumprod(1 - betas)
+    return alphas / (1 - alphas)
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon"])
+def test_min_snr_weights_follow_the_formula(prediction):
+    noise = DDPMScheduler.from_config(mini_scheduler(prediction_type=prediction).config)
+    snr = cosine_snr()
+    denominator = snr + 1 if prediction == "v_prediction" else snr
+    expected = np.minimum(snr, 5.0) / denominator
+    np.testing.assert_allclose(decoder_train.min_snr_weights(noise, 5.0).numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(decoder_train.min_snr_weights(noise, None), torch.ones(1000))
 
 
 def colour_set(side=8, n=64):

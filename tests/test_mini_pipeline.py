@@ -33,6 +33,29 @@ def test_every_stage_ran_and_a_rerun_skips_them(smoke_run, capsys):
     assert json.loads((work / "stages.json").read_text()) == record  # nothing redone
 
 
+def test_a_changed_recipe_retrains_a_stage_instead_of_resuming_its_old_state(smoke_run, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from gen_align.mini.build import MiniBuild
+    from gen_align.mini.recipe import smoke_recipe
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke_run[0], work)
+    unet = work / "decoder" / "unet" / "diffusion_pytorch_model.safetensors"
+    old_key = json.loads((work / "stages.json").read_text())["decoder"]["hash"]
+    before = load_file(unet)
+    # the same step counts (so the same fit settings) with another loss weighting: a stale state must not be resumed
+    record = MiniBuild(work, replace(smoke_recipe(), decoder_snr_gamma=5.0), progress=False).run(("decoder",))
+    new_key = record["decoder"]["hash"]
+    assert new_key != old_key
+    assert {p.name for p in (work / "checkpoints").glob("decoder-*")} == {f"decoder-{old_key}", f"decoder-{new_key}"}
+    after = load_file(unet)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_heads_exist_for_every_objective_and_use_the_cached_anchor_norm(smoke_run):
     from gen_align.data.cache import FeatureCache
 
@@ -89,6 +112,7 @@ def test_eval_writes_the_table_for_every_method(smoke_run, tmp_path):
         assert all(run[c]["fid"] >= 0 and 0 <= run[c]["acc_mean"] <= 1 for c in ("text", "audio", "text+audio"))
     table = (tmp_path / "mini.md").read_text()
     assert "UniAlign (Euclidean)" in table and "GRAM" in table and "self-reconstruction" in table
+    assert "| Method | shape | colour | size | background |" in table
     assert (tmp_path / "mini_samples.png").stat().st_size > 0
 
 

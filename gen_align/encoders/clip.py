@@ -82,8 +82,9 @@ class CLIPVisionTower(_CLIPTower):
     names = ("CLIP image encoder", "CLIP image processor")
 
     def preprocess(self, images: Sequence[Image.Image | str | os.PathLike]) -> torch.Tensor:
-        """Pixel values of RGB images (any input mode is converted first)."""
-        return self.aux(images=load_images(images), return_tensors="pt").pixel_values
+        """Pixel values of RGB images (any input mode is converted first); no bar of its own (callers show one
+        over their batches)."""
+        return self.aux(images=load_images(images, progress=False), return_tensors="pt").pixel_values
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         param = next(self.model.parameters())

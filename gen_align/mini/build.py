@@ -109,6 +109,12 @@ class MiniBuild:
         self.recipe, self.progress = recipe, progress
         self.record_path = self.paths.work / "stages.json"
         self.record: dict[str, Any] = self._read_record()
+        self._keys: dict[str, str] = {}
+
+    def _checkpoints(self, stage: str) -> Path:
+        """``WORK/checkpoints/<stage>-<recipe hash>``: an interrupted stage resumes only with the same recipe (a
+        changed one, e.g. another loss weighting with the same step counts, starts afresh)."""
+        return self.paths.work / "checkpoints" / f"{stage}-{self._keys[stage]}"
 
     def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
         """Run ``stages`` (skipping those already done for this recipe); returns the timing record."""
@@ -117,7 +123,7 @@ class MiniBuild:
             "towers": (("seed", "train_items", "clip", "beats"), self.towers),
             "features": (("seed", "train_items", "test_items", "clip", "beats"), self.features),
             "heads": (("seed", "train_items", "clip", "beats", "objectives", *HEAD_FIELDS), self.heads),
-            "decoder": (("seed", "train_items", "clip", "decoder"), self.decoder),
+            "decoder": (("seed", "train_items", "clip", "decoder", "decoder_snr_gamma"), self.decoder),
             "classifier": (("seed", "train_items", "classifier"), self.classifier),
         }
         for stage in stages:
@@ -126,6 +132,7 @@ class MiniBuild:
             if self.record.get(stage, {}).get("hash") == key:
                 continue
             started = time.perf_counter()
+            self._keys[stage] = key
             step()
             # re-read first: stages may run in parallel processes (e.g. ``--stages decoder`` beside ``heads``)
             self.record = {
@@ -151,7 +158,7 @@ class MiniBuild:
         manifest = read_manifest(self.paths.manifest("train"))
         images = [item.image for item in manifest.items]
         captions = [item.text for item in manifest.items]
-        ckpt = self.paths.work / "towers"
+        ckpt = self._checkpoints("towers")
         vision, text = pretrain_clip(
             images, captions, settings=self.recipe.clip, checkpoint_dir=ckpt / "clip", progress=self.progress
         )
@@ -228,7 +235,7 @@ class MiniBuild:
                 seed=seed,
                 log_every=50,
             ).validate()
-            Trainer(config).fit(resume=any(out.glob("checkpoints/*")))
+            Trainer(config).fit(resume=any(out.glob("checkpoints/*")), progress=self.progress)
         validation = json.loads(summary_file.read_text(encoding="utf-8"))["history"][-1]["validation"]
         return (validation["R@1/text->image"] + validation["R@1/audio->image"]) / 2
 
@@ -243,7 +250,8 @@ class MiniBuild:
             embeds,
             out_dir=self.paths.decoder,
             settings=self.recipe.decoder,
-            checkpoint_dir=self.paths.work / "checkpoints" / "decoder",
+            snr_gamma=self.recipe.decoder_snr_gamma,
+            checkpoint_dir=self._checkpoints("decoder"),
             progress=self.progress,
         )
 
@@ -256,7 +264,7 @@ class MiniBuild:
             images,
             attributes_of(manifest),
             settings=self.recipe.classifier,
-            checkpoint_dir=self.paths.work / "checkpoints" / "classifier",
+            checkpoint_dir=self._checkpoints("classifier"),
             progress=self.progress,
         )
         model.save_pretrained(self.paths.classifier)

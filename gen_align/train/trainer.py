@@ -252,8 +252,9 @@ class Trainer:
         z = {m: torch.cat([p[m] for p in parts]).float().cpu() for m in parts[0]}
         return validation_metrics(z, self.config.anchor, self.tau)
 
-    def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
-        """Train to ``total_steps``; ``resume=True`` continues from the latest checkpoint in ``out``."""
+    def fit(self, resume: bool | str | os.PathLike = False, *, progress: bool = True) -> dict[str, Any]:
+        """Train to ``total_steps``; ``resume=True`` continues from the latest checkpoint in ``out``; ``progress``
+        shows the step bar (on the main process)."""
         acc, cfg = self.accelerator, self.config
         if resume:
             path = self.latest_checkpoint() if resume is True else Path(resume)
@@ -264,7 +265,9 @@ class Trainer:
         if not self.history:
             self.history.append({"epoch": 0, "step": 0, "validation": self.validate()})
         started, samples = time.perf_counter(), 0
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not acc.is_main_process)
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="train", disable=not (progress and acc.is_main_process)
+        )
         self.model.train()
         while self.step < self.total_steps:
             for i, rows in enumerate(self.data.batches(self.epoch, cfg.batch_size, cfg.seed)):
