@@ -2,9 +2,9 @@
 
 Standard DDPM training on the cosine schedule of :func:`gen_align.pipelines.mini.mini_scheduler`: random timesteps,
 v-prediction (``epsilon`` on request; on the cosine schedule epsilon-prediction learnt far slower and sampled
-noisier at 10-25 DDIM steps), optionally Min-SNR-γ loss weights (:func:`min_snr_weights`; the mini recipe uses
-γ = 5: after 500 steps it had learnt background texture far sooner, 72 % vs 36 % classifier accuracy on
-reconstructions, one seed), the condition dropped to the zero vector with probability ``cond_dropout`` (the
+noisier at 10-25 DDIM steps), optionally Min-SNR-γ loss weights (:func:`min_snr_weights`; with γ = 5 the mini
+decoder learnt background texture sooner but ended with less of it, so the mini recipe leaves it off), the
+condition dropped to the zero vector with probability ``cond_dropout`` (the
 classifier-free-guidance negative), no augmentation. The shared :func:`fit` loop gives EMA
 and resume; the EMA UNet is saved as a :class:`MiniUnCLIPPipeline` (safetensors) in ``out_dir``.
 """

@@ -21,14 +21,14 @@ class MiniRecipe:
     train_items: int = 20000
     test_items: int = 1024
     # CLIP: 2000 × 128 encodes shape better than 1000 × 256 at the same cost (linear probe on the image
-    # embedding 0.69 vs 0.61, text→image same shape 0.81 vs 0.71; docs/mini.md)
+    # embedding 0.69 vs 0.61, text→image same shape 0.77 vs 0.71; docs/mini.md)
     clip: FitSettings = FitSettings(steps=2000, batch_size=128, lr=1e-3, warmup=200, checkpoint_every=400)
     beats: FitSettings = FitSettings(steps=600, batch_size=128, lr=1e-3, warmup=60, checkpoint_every=200)
     decoder: FitSettings = FitSettings(
         steps=3000, batch_size=64, lr=7e-4, warmup=200, ema_decay=0.999, checkpoint_every=250
     )
     # Min-SNR-γ loss weighting (decoder_train.min_snr_weights): γ = 5 lost background texture (reconstruction
-    # accuracy 81 % vs 95 % unweighted, docs/mini.md), so the recipe leaves the loss unweighted
+    # accuracy 81 % vs 93 % unweighted, docs/mini.md), so the recipe leaves the loss unweighted
     decoder_snr_gamma: float | None = None
     classifier: FitSettings = FitSettings(steps=800, batch_size=256, lr=2e-3, warmup=50, checkpoint_every=200)
     objectives: tuple[str, ...] = OBJECTIVES
