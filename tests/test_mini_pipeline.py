@@ -56,6 +56,25 @@ def test_a_changed_recipe_retrains_a_stage_instead_of_resuming_its_old_state(smo
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_changed_head_recipe_retrains_the_heads_instead_of_reusing_them(smoke_run, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from gen_align.mini.build import MiniBuild
+    from gen_align.mini.recipe import smoke_recipe
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke_run[0], work)
+    paths = MiniPaths(work)
+    summary = paths.heads("infonce", 0, 0.5) / "train_summary.json"
+    assert len(json.loads(summary.read_text())["history"]) == 2  # validation before training + after 1 epoch
+    recipe = replace(smoke_recipe(), head_epochs=2, objectives=("infonce",))
+    MiniBuild(work, recipe, progress=False).run(("heads",))
+    assert len(json.loads(summary.read_text())["history"]) == 3  # trained again for 2 epochs, not reused
+    marker = json.loads((summary.parent / "recipe.json").read_text())
+    assert marker["hash"] == json.loads((work / "stages.json").read_text())["heads"]["hash"]
+
+
 def test_heads_exist_for_every_objective_and_use_the_cached_anchor_norm(smoke_run):
     from gen_align.data.cache import FeatureCache
 

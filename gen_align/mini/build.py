@@ -214,14 +214,21 @@ class MiniBuild:
                 self._train_head(objective, seed, best)
 
     def _train_head(self, objective: str, seed: int, tau: float) -> float:
-        """Train (or reuse) one head set; returns its final validation R@1 (mean over text and audio → image)."""
+        """Train (or reuse) one head set; returns its final validation R@1 (mean over text and audio → image).
+
+        A head folder is reused (or resumed) only when its ``recipe.json`` names this heads-stage hash: one left by
+        another recipe (other epochs, lr, towers, ...) is removed and trained again."""
         from gen_align.train.config import TrainConfig
         from gen_align.train.trainer import Trainer
 
         r = self.recipe
         out = self.paths.heads(objective, seed, tau)
-        summary_file = out / "train_summary.json"
+        summary_file, marker = out / "train_summary.json", out / "recipe.json"
+        key = self._keys["heads"]
+        if out.exists() and _stage_hash_in(marker) != key:
+            shutil.rmtree(out)
         if not summary_file.is_file():
+            write_json_atomic(marker, {"stage": "heads", "hash": key})
             params = {**(r.head_params or {}).get(objective, {}), "tau": tau}
             config = TrainConfig(
                 features=str(self.paths.features("train")),
@@ -277,6 +284,14 @@ class MiniBuild:
             return json.loads(self.record_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise InputFileError(f"{self.record_path} is unreadable ({err}); delete it to rerun every stage.") from err
+
+
+def _stage_hash_in(marker: Path) -> str | None:
+    """The stage hash a head folder's ``recipe.json`` records (None when absent or unreadable)."""
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("hash")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def ship(paths: MiniPaths, target: Path, *, objective: str = SHIPPED_OBJECTIVE, seed: int = 0) -> Path:
