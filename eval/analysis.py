@@ -79,7 +79,9 @@ def analyze_embeddings(
     notes = []
     if len(z) >= 2:
         values["modality_gap"] = modality_gap(z)
-        values["holder_divergence"] = float(holder_divergence(z, tau=tau))
+        holder_anchor = anchor if anchor in z else None  # the paper's estimator anchors the joint term (Eq. 24)
+        values["holder_divergence"] = float(holder_divergence(z, tau=tau, anchor=holder_anchor))
+        values["holder_anchor"] = holder_anchor or next(iter(z))
         if paired:
             values["paired_cosine"] = {
                 f"{a}-{b}": float((unit(z[a]) * unit(z[b])).sum(-1).mean()) for a, b in itertools.combinations(z, 2)
@@ -112,13 +114,14 @@ def _markdown(values: dict[str, Any], notes: list[str]) -> str:
         for pair, gap in values["modality_gap"].items():
             cos = values.get("paired_cosine", {}).get(pair)
             lines.append(f"| {pair} | {gap:.4f} | {'—' if cos is None else f'{cos:.4f}'} |")
-        lines += ["", f"Hölder divergence: {values['holder_divergence']:.4f}"]
+        lines += [
+            "",
+            f"Hölder divergence (Eq. 24, anchor {values['holder_anchor']}): {values['holder_divergence']:.4f}",
+        ]
     if "conflict" in values:
         c = values["conflict"]
-        lines.append(
-            f"Conflict (anchor): ζ = {c['zeta']:.4f}, χ = {c['chi']:.4f}, "
-            f"alignment {c['alignment']:.4f} ≤ bound {c['alignment_bound']:.4f}"
-        )
+        bound = "" if c["mu_bar"] != c["mu_bar"] else f", μ̄ = {c['mu_bar']:.4f} (Eq. 7: E[χ] ≥ {c['chi_bound']:.4f})"
+        lines.append(f"Conflict (Eq. 4, anchor): ζ = {c['zeta']:.4f}, χ = {c['chi']:.4f}{bound}")
     lines += [f"\n_Note: {n}._" for n in notes]
     return "\n".join(lines) + "\n"
 

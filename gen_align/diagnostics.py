@@ -52,8 +52,9 @@ def _sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _log_kde(x: torch.Tensor, y: torch.Tensor, tau: float, leave_one_out: bool) -> torch.Tensor:
-    """log p̂_y(x_i) = logsumexp_j(−‖x_i − y_j‖²/τ) − log N_y; with leave_one_out (x is y) skip j = i."""
-    logk = -_sq_dist(x, y) / tau
+    """log p̂_y(x_i) = log (1/N_y) Σ_j κ(x_i, y_j), κ = exp(−‖x_i − y_j‖²/(2τ²)) (Eq. 21 without its constant);
+    with leave_one_out (x is y) j = i is skipped and the mean is over N_y − 1."""
+    logk = -_sq_dist(x, y) / (2.0 * tau * tau)
     n = y.shape[0]
     if leave_one_out:
         logk = logk.masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), float("-inf"))
@@ -64,28 +65,28 @@ def _log_kde(x: torch.Tensor, y: torch.Tensor, tau: float, leave_one_out: bool) 
 def holder_divergence(
     z_dict: Mapping[str, Array],
     tau: float = 0.07,
-    loo: bool = True,
-    anchor_average: bool = True,
+    loo: bool = False,
+    anchor_average: bool = False,
     anchor: str | None = None,
 ) -> torch.Tensor:
-    """Global Hölder divergence of M ≥ 2 modalities from Gaussian KDEs on the sphere (Eqs. 22–24):
+    """Global Hölder divergence of M ≥ 2 modalities (Eq. 16/20), estimated with Gaussian KDEs (Eq. 21–24):
 
-        D_H = −log ∫ Π_m p_m + (1/M) Σ_m log ∫ p_m^M ≥ 0   (Eq. 22; 0 iff all p_m are equal),
-        Ĉ_a = (1/N_a) Σ_i Π_{m≠a} p̂_m(z_i^a),   Ŝ_m = (1/N_m) Σ_i p̂_m^{(−i)}(z_i^m)^{M−1}   (Eq. 23),
-        D̂ = −log Ĉ + (1/M) Σ_m log Ŝ_m,   Ĉ = (1/M) Σ_a Ĉ_a  or  Ĉ_anchor   (Eq. 24),
+        D̂ = 1/M Σ_m log( 1/N_m Σ_i (s_i^m)^{M−1} ) − log( 1/N_a Σ_i c_i )      (Eq. 24),
+        s_i^m = 1/N_m Σ_k κ(z_i^m, z_k^m),   c_i = Π_{m≠a} 1/N_m Σ_k κ(z_i^a, z_k^m),   κ = exp(−‖·‖²/(2τ²)),
 
-    with p̂_m(x) = (1/N_m) Σ_j exp(−‖x − z_j^m‖²/τ) (the normalising constant cancels). ``loo`` drops j = i
-    (and divides by N_m − 1) when p̂_m is evaluated at its own sample. Everything is a log-sum-exp in float64,
-    so it neither under- nor overflows for large d and small τ. Sample counts N_m may differ. Differentiable;
-    returns a 0-dim tensor in the inputs' dtype (at least float32). ``anchor`` (default: the first key)
-    is only used with ``anchor_average=False``.
+    with bandwidth τ on L2-normalised rows. The KDE's normalising constant (2πτ²)^{−d/2} cancels exactly
+    between the two terms (both scale by its (M−1)-th power). The joint term is anchored at ``anchor``
+    (default: the first modality of the dict), as the paper's main estimator. Options of Appendix C:
+    ``loo`` (i) leaves z_i out of its own s_i^m (mean over N_m − 1); ``anchor_average`` (ii) averages the joint
+    estimate over all M anchors. Everything is a log-sum-exp in float64 (no under- or overflow for large d
+    and small τ); sample counts may differ. Differentiable; returns a 0-dim tensor in the inputs' dtype.
     """
-    positive(tau, "tau", "(e.g. 0.07)")
+    positive(tau, "tau", "(the paper's τ, e.g. 0.07)")
     z = _unit_modalities(z_dict, min_batch=2 if loo else 1)
     keys = list(z)
     if anchor is not None and anchor_average:
         raise ConfigError(
-            f"anchor={anchor!r} is ignored when anchor_average=True (Ĉ averages all M anchors); "
+            f"anchor={anchor!r} is ignored when anchor_average=True (the joint term averages all M anchors); "
             "pass anchor_average=False to estimate ∫ Π_m p_m from that anchor alone, or drop anchor."
         )
     if anchor is not None and anchor not in z:
@@ -94,41 +95,74 @@ def holder_divergence(
     z = {k: v.double() for k, v in z.items()}
     M = len(keys)
     log_s = []
-    for m in keys:  # Ŝ_m: KDE of m at its own samples, raised to the power M − 1
+    for m in keys:  # 1/N_m Σ_i (s_i^m)^{M−1}: the KDE of m at its own samples, to the power M − 1
         log_self = _log_kde(z[m], z[m], tau, leave_one_out=loo)
         log_s.append(torch.logsumexp((M - 1) * log_self, dim=0) - math.log(z[m].shape[0]))
     anchors = keys if anchor_average else [anchor if anchor is not None else keys[0]]
     log_c = []
-    for a in anchors:  # Ĉ_a: the product of the other modalities' KDEs at the samples of a
+    for a in anchors:  # 1/N_a Σ_i c_i: the product of the other modalities' KDEs at the samples of a
         log_prod = sum(_log_kde(z[a], z[m], tau, leave_one_out=False) for m in keys if m != a)
         log_c.append(torch.logsumexp(log_prod, dim=0) - math.log(z[a].shape[0]))
     log_c_mean = torch.logsumexp(torch.stack(log_c), dim=0) - math.log(len(log_c))
-    return (-log_c_mean + torch.stack(log_s).mean()).to(out_dtype)
+    return (torch.stack(log_s).mean() - log_c_mean).to(out_dtype)
+
+
+def _anchor_pair_weights(others: list[str], pair_weights: Mapping[str, float] | None) -> dict[str, float]:
+    if pair_weights is None:
+        return {n: 1.0 for n in others}
+    unknown = sorted(set(pair_weights) - set(others))
+    if unknown:
+        raise ConfigError(f"pair_weights: unknown modalities {unknown}; expected the non-anchor ones {others}.")
+    weights = {n: float(pair_weights.get(n, 0.0)) for n in others}
+    if any(not math.isfinite(w) or w < 0 for w in weights.values()) or not any(weights.values()):
+        raise ConfigError(f"pair_weights must be finite, non-negative and not all 0, got {weights}.")
+    return weights
 
 
 @torch.no_grad()
-def conflict_metrics(z_dict: Mapping[str, Array], anchor: str = "image", tau: float = 0.07) -> dict[str, float]:
-    """Conflict metrics of Eq. 4 from one paired batch, anchor a, non-anchor modalities m, n (M ≥ 2):
+def conflict_metrics(
+    z_dict: Mapping[str, Array],
+    anchor: str = "image",
+    tau: float = 0.07,
+    pair_weights: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """The InfoNCE conflicts of Eq. 4 at anchor a, from one paired batch (M ≥ 2 modalities):
 
-        ζ_a = (1/B) Σ_i (1/(M−1)) Σ_{m≠a} ⟨ Σ_{n≠a} Σ_j p^n_ij n_j , m_i ⟩,  p^n_ij = softmax_j(⟨a_i, n_j⟩/τ),
-        χ_a = (1/B) Σ_i (1 − ‖(1/(M−1)) Σ_{m≠a} m_i‖).
+        V_i = Σ_{n≠a} (w_an/τ) z_i^n,   Φ_i = Σ_{n≠a} (w_an/τ) Σ_k p_ik^{an} z_k^n,
+        p_ik^{an} = softmax_k(⟨z_i^a, z_k^n⟩/τ),
+        ζ_a = mean_i cos(V_i, Φ_i) ∈ [−1, 1],   χ_a = mean_i ( 1 − ‖V_i‖ / Σ_{n≠a} (w_an/τ) ) ∈ [0, 1],
 
-    Also returns ``alignment`` = mean_i mean_m cos(a_i, m_i) and its Corollary 2 bound (Eq. 7)
-    ``alignment_bound`` = mean_i (1 − χ_i) = mean_i sqrt((1 + (M−2) ρ̄_i)/(M−1)) ≥ ``alignment``.
+    the alignment pull V and the uniformity push Φ of Eq. 3. ``pair_weights`` are w_an ({modality: w}, default
+    1). Also ``mu_bar`` μ̄, the mean cosine ⟨z_i^m, z_i^n⟩ over the pairs m ≠ n of non-anchor positives (NaN
+    for M = 2: there is no pair), and ``chi_bound`` = 1 − sqrt((1 + (M−2) μ̄)/(M−1)), Corollary 2's lower
+    bound on E[χ_a] (Eq. 7/19; 0 for M = 2), which assumes uniform w_an (it is not a bound on χ otherwise). Rows with V_i = 0 or Φ_i = 0 have no direction and are left
+    out of ζ.
     """
     positive(tau, "tau", "(e.g. 0.07)")
     checked = check_embedding_dict(z_dict, min_modalities=2, anchor=anchor)
     z = {k: unit(v, name=f"z[{k!r}]").double() for k, v in checked.items()}
+    others = [k for k in z if k != anchor]
+    w = _anchor_pair_weights(others, pair_weights)
     a = z[anchor]
-    others = [v for k, v in z.items() if k != anchor]
-    push = sum(torch.softmax(a @ n.mT / tau, dim=1) @ n for n in others)
-    mean_pos = torch.stack(others).mean(dim=0)
-    norm_mean = torch.linalg.vector_norm(mean_pos, dim=1)
+    pull = sum((w[n] / tau) * z[n] for n in others)
+    push = sum((w[n] / tau) * (torch.softmax(a @ z[n].mT / tau, dim=1) @ z[n]) for n in others)
+    pull_norm = torch.linalg.vector_norm(pull, dim=1)
+    push_norm = torch.linalg.vector_norm(push, dim=1)
+    has_direction = (pull_norm > 0) & (push_norm > 0)
+    cos = (pull * push).sum(dim=1)[has_direction] / (pull_norm * push_norm)[has_direction]
+    chi = 1.0 - pull_norm / sum(w[n] / tau for n in others)
+    M = len(z)
+    if M > 2:
+        pairs = [(m, n) for m in others for n in others if m != n]
+        mu_bar = float(torch.stack([(z[m] * z[n]).sum(dim=1) for m, n in pairs]).mean())
+        chi_bound = 1.0 - math.sqrt(max(0.0, (1.0 + (M - 2) * mu_bar) / (M - 1)))
+    else:
+        mu_bar, chi_bound = float("nan"), 0.0
     return {
-        "zeta": float((push * mean_pos).sum(dim=1).mean()),
-        "chi": float((1.0 - norm_mean).mean()),
-        "alignment": float((a * mean_pos).sum(dim=1).mean()),
-        "alignment_bound": float(norm_mean.mean()),
+        "zeta": float(cos.mean()) if cos.numel() else float("nan"),
+        "chi": float(chi.mean()),
+        "chi_bound": chi_bound,
+        "mu_bar": mu_bar,
     }
 
 

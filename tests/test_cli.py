@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 import gen_align
 from gen_align.cli import main
+from gen_align.objectives import get_objective
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
@@ -30,7 +31,25 @@ def test_objectives_json_lists_registry(capsys):
     assert main(["objectives", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert set(table) == {"unialign", "unialign-geodesic", "infonce", "gram", "geo-ot"}
-    assert table["unialign-geodesic"]["defaults"]["geometry"] == "geodesic"
+    geodesic = table["unialign-geodesic"]["defaults"]
+    assert (geodesic["uniformity_kernel"], geodesic["alignment_metric"]) == ("geodesic", "geodesic")
+    # the paper's defaults (Appendix F), and the task presets for λ_vol
+    assert table["unialign"]["defaults"]["tau"] == 0.07 and table["unialign"]["defaults"]["lambda_vol"] == 0.1
+    assert table["unialign"]["task_presets"] == {"generation": {"lambda_vol": 0.1}, "retrieval": {"lambda_vol": 1.0}}
+    assert table["gram"]["defaults"]["label_smoothing"] == 0.1 and table["gram"]["defaults"]["learnable_tau"] is True
+
+
+def test_objectives_table_shows_what_training_uses(capsys, tmp_path):
+    """One source of defaults: the table's λ_vol and τ are the values a default training run resolves."""
+    from gen_align.train.config import TrainConfig, load_config
+
+    assert main(["objectives"]) == 0
+    text = capsys.readouterr().out
+    config = load_config(None, [f"features={tmp_path}", f"out={tmp_path / 'out'}"])
+    hparams = get_objective(config.objective, **config.objective_hparams()).hparams
+    assert config.objective == TrainConfig.objective == "unialign"
+    assert f"lambda_vol={hparams['lambda_vol']}" in text and f"tau={hparams['tau']}" in text
+    assert (hparams["lambda_vol"], hparams["tau"]) == (0.1, 0.07)
 
 
 @pytest.fixture

@@ -46,9 +46,11 @@ def test_infonce_two_modalities_is_symmetric_clip_loss(tau):
     s = torch.tensor(unit_np(zs["image"]) @ unit_np(zs["text"]).T / tau)
     target = torch.arange(len(s))
     expected = 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.T, target))
-    got = infonce_loss(tensors(zs), tau=tau)
+    got = infonce_loss(tensors(zs), tau=tau, reduction="mean")
     assert got.ndim == 0
     assert got.item() == pytest.approx(expected.item(), rel=1e-10)
+    # Eq. 1 as printed sums over the B samples: the default is B times CLIP's per-sample mean
+    assert infonce_loss(tensors(zs), tau=tau).item() == pytest.approx(len(s) * expected.item(), rel=1e-10)
 
 
 def test_infonce_manual_log_softmax_two_modalities():
@@ -60,7 +62,8 @@ def test_infonce_manual_log_softmax_two_modalities():
     def ce(m: np.ndarray) -> float:
         return float(np.mean([math.log(np.exp(m[i]).sum()) - m[i, i] for i in range(len(m))]))
 
-    assert infonce_loss(tensors(zs), tau=tau).item() == pytest.approx(0.5 * (ce(s) + ce(s.T)), rel=1e-10)
+    got = infonce_loss(tensors(zs), tau=tau, reduction="mean").item()
+    assert got == pytest.approx(0.5 * (ce(s) + ce(s.T)), rel=1e-10)
 
 
 def test_infonce_three_modalities_is_mean_over_ordered_pairs():
@@ -69,7 +72,7 @@ def test_infonce_three_modalities_is_mean_over_ordered_pairs():
     pairs = list(itertools.permutations(MODS, 2))
     assert len(pairs) == 6
     expected = np.mean([row_ce(zs[m], zs[n], tau) for m, n in pairs])
-    assert infonce_loss(tensors(zs), tau=tau).item() == pytest.approx(expected, rel=1e-10)
+    assert infonce_loss(tensors(zs), tau=tau, reduction="mean").item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_infonce_custom_weights_missing_pairs_are_zero_and_normalised():
@@ -77,12 +80,15 @@ def test_infonce_custom_weights_missing_pairs_are_zero_and_normalised():
     tau = 0.1
     weights = {("text", "image"): 2.0, ("audio", "image"): 1.0, ("image", "audio"): 1.0}
     expected = sum(w * row_ce(zs[m], zs[n], tau) for (m, n), w in weights.items()) / 4.0
-    assert infonce_loss(tensors(zs), weights=weights, tau=tau).item() == pytest.approx(expected, rel=1e-10)
+    got = infonce_loss(tensors(zs), weights=weights, tau=tau, reduction="mean").item()
+    assert got == pytest.approx(expected, rel=1e-10)
+    spelled = {f"{m}->{n}": w for (m, n), w in weights.items()}  # the config spelling of the pair keys
+    assert infonce_loss(tensors(zs), weights=spelled, tau=tau, reduction="mean").item() == pytest.approx(got, rel=1e-14)
 
 
 def test_infonce_single_direction_weight():
     zs = batch(seed=5)
-    got = infonce_loss(tensors(zs), weights={("audio", "text"): 0.3}, tau=0.5)
+    got = infonce_loss(tensors(zs), weights={("audio", "text"): 0.3}, tau=0.5, reduction="mean")
     assert got.item() == pytest.approx(row_ce(zs["audio"], zs["text"], 0.5), rel=1e-10)
 
 
@@ -110,12 +116,14 @@ def sq_dist(c: np.ndarray, geometry: str) -> np.ndarray:
 
 
 def uniformity_np(z: np.ndarray, tau: float, geometry: str) -> float:
+    """Eq. 9 / 14: 1/B Σ_i log( 1/(B−1) Σ_{j≠i} exp(−δ²/(2τ²)) )."""
     u = unit_np(z)
     b = len(u)
-    total = sum(
-        math.exp(-float(sq_dist(np.dot(u[i], u[j]), geometry)) / tau) for i in range(b) for j in range(b) if i != j
-    )
-    return math.log(total / (b * (b - 1)))
+    rows = [
+        sum(math.exp(-float(sq_dist(np.dot(u[i], u[j]), geometry)) / (2 * tau * tau)) for j in range(b) if j != i)
+        for i in range(b)
+    ]
+    return float(np.mean([math.log(r / (b - 1)) for r in rows]))
 
 
 def alignment_np(zs: dict[str, np.ndarray], anchor: str, geometry: str) -> float:
@@ -141,7 +149,7 @@ def centroid_uniformity_np(zs: dict[str, np.ndarray], tau: float, geometry: str)
 
 def unialign_np(zs, anchor, lu, la, lv, tau, tau_ctr, geometry) -> float:  # noqa: ANN001
     tau_ctr = tau if tau_ctr is None else tau_ctr
-    uni = np.mean([uniformity_np(z, tau, geometry) for z in zs.values()])
+    uni = np.sum([uniformity_np(z, tau, geometry) for z in zs.values()])  # Eq. 13 sums over the modalities
     return (
         lu * uni
         + la * alignment_np(zs, anchor, geometry)
@@ -180,16 +188,18 @@ def test_unialign_equals_numpy_composition(geometry, anchor, lu, la, lv, tau, ta
 def test_unialign_two_modalities():
     zs = batch(b=4, d=3, seed=9, mods=("image", "text"))
     got = unialign_loss(tensors(zs), tau=0.25)
-    assert got.item() == pytest.approx(unialign_np(zs, "image", 1, 1, 1, 0.25, None, "euclidean"), rel=1e-9)
+    assert got.item() == pytest.approx(unialign_np(zs, "image", 1, 1, 0.1, 0.25, None, "euclidean"), rel=1e-9)
 
 
 @pytest.mark.parametrize("geometry", ["euclidean", "geodesic"])
 def test_unialign_terms_match_numpy(geometry):
     zs = batch(b=5, d=4, seed=10)
     terms = unialign_terms(tensors(zs), anchor="text", tau=0.2, tau_ctr=0.4, geometry=geometry)
-    assert set(terms) == {"uniformity", "alignment", "volume", "centroid_uniformity"}
+    per_modality = {f"uniformity/{m}" for m in zs}
+    assert set(terms) == {"uniformity", "alignment", "volume", "centroid_uniformity", *per_modality}
     expected = {
-        "uniformity": np.mean([uniformity_np(z, 0.2, geometry) for z in zs.values()]),
+        "uniformity": np.sum([uniformity_np(z, 0.2, geometry) for z in zs.values()]),
+        **{f"uniformity/{m}": uniformity_np(z, 0.2, geometry) for m, z in zs.items()},
         "alignment": alignment_np(zs, "text", geometry),
         "volume": volume_np(zs),
         "centroid_uniformity": centroid_uniformity_np(zs, 0.4, geometry),
@@ -221,7 +231,8 @@ def centroid_uniformity_torch_reference(zs: dict[str, torch.Tensor], tau: float)
     b = len(c)
     d2 = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
     off = ~torch.eye(b, dtype=torch.bool)
-    return torch.log(torch.exp(-d2[off] / tau).sum() / (b * (b - 1)))
+    kernel = torch.exp(-d2 / (2 * tau * tau)) * off
+    return torch.log(kernel.sum(dim=1) / (b - 1)).mean()
 
 
 @pytest.mark.parametrize("geometry", ["euclidean", "geodesic"])
@@ -252,7 +263,7 @@ def test_unialign_anchor_gradient_comes_only_from_centroid_uniformity(geometry):
 
 
 def test_unialign_anchor_gradient_with_uniformity_is_its_own_uniformity():
-    """λ_vol = 0: the anchor's gradient is exactly λ_uni/M · ∂U(Z_anchor)."""
+    """λ_vol = 0: the anchor's gradient is exactly λ_uni · ∂U(Z_anchor) (Eq. 13 sums U over the modalities)."""
     zs = batch(b=5, d=4, seed=13)
     xs = tensors(zs, grad=True)
     unialign_loss(xs, anchor="image", lambda_uni=0.8, lambda_align=1.0, lambda_vol=0.0, tau=0.3).backward()
@@ -260,7 +271,7 @@ def test_unialign_anchor_gradient_with_uniformity_is_its_own_uniformity():
     u = a / a.norm(dim=1, keepdim=True)
     d2 = ((u[:, None, :] - u[None, :, :]) ** 2).sum(-1)
     off = ~torch.eye(5, dtype=torch.bool)
-    (0.8 / 3 * torch.log(torch.exp(-d2[off] / 0.3).mean())).backward()
+    (0.8 * torch.log((torch.exp(-d2 / (2 * 0.3**2)) * off).sum(dim=1) / 4).mean()).backward()
     torch.testing.assert_close(xs["image"].grad, a.grad, rtol=1e-9, atol=1e-12)
 
 

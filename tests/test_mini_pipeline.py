@@ -146,3 +146,25 @@ def test_tokenizer_learns_whole_caption_words():
     assert tokenizer.tokenize("zebra")[-1].endswith("</w>")  # unseen words still tokenize, by character
     ids = tokenizer("red").input_ids
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+
+
+def test_reuse_shipped_marks_the_shipped_models_done_for_the_full_recipe(tmp_path, capsys):
+    """`mini train --reuse-shipped`: towers (base-space without heads), decoder and classifier come from the package,
+    recorded under the full recipe's stage hashes, so only world, features and heads are trained."""
+    from gen_align.mini.build import MiniBuild, seed_from_shipped
+    from gen_align.mini.recipe import FULL
+    from gen_align.space import AlignedSpace
+
+    work = tmp_path / "work"
+    assert seed_from_shipped(work, FULL) == ["towers", "decoder", "classifier"]
+    record = json.loads((work / "stages.json").read_text())
+    hashes = MiniBuild(work, FULL, progress=False).stage_hashes()
+    for stage in ("towers", "decoder", "classifier"):
+        assert record[stage] == {"hash": hashes[stage], "seconds": 0.0, "source": "shipped"}
+    base = AlignedSpace.from_pretrained(MiniPaths(work).base_space)
+    assert dict(base.heads) == {} and set(base.towers) == {"image", "text", "audio"}
+    assert (MiniPaths(work).decoder / "model_index.json").is_file()
+    assert seed_from_shipped(work, FULL) == []  # already seeded: nothing is copied again
+    # the shipped models are the full recipe's: a smoke run cannot take them
+    assert main(["mini", "train", "--smoke", "--reuse-shipped", "--work", str(tmp_path / "w2"), "--quiet"]) == 2
+    assert "--reuse-shipped takes the models the full recipe shipped" in capsys.readouterr().err

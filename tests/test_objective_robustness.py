@@ -35,14 +35,17 @@ def make_batch(b: int = 4, d: int = 6, seed: int = 0, dtype: torch.dtype = torch
 OBJECTIVES = {
     "uniformity-euclidean": (lambda z: uniformity(z["text"], tau=0.07), True),
     "uniformity-geodesic": (lambda z: uniformity(z["text"], tau=0.07, kernel="geodesic"), True),
+    "uniformity-global": (lambda z: uniformity(z["text"], tau=0.07, reduction="global"), True),
     "centroid_uniformity": (lambda z: centroid_uniformity(z, weights={"image": 2, "text": 1, "audio": 1}), True),
     "anchor_alignment": (lambda z: anchor_alignment(z, anchor="image"), False),
     "anchor_alignment-geodesic": (lambda z: anchor_alignment(z, anchor="image", geometry="geodesic"), False),
     "gram_volume": (lambda z: gram_volume(z["image"], z["text"], z["audio"]).mean(), False),
     "gram_loss": (lambda z: gram_loss(z["text"], [z["image"], z["audio"]], tau=0.07), False),
     "infonce": (lambda z: infonce_loss(z, tau=0.07), False),
+    "infonce-mean": (lambda z: infonce_loss(z, tau=0.07, reduction="mean"), False),
     "unialign-euclidean": (lambda z: unialign_loss(z, anchor="image"), True),
     "unialign-geodesic": (lambda z: unialign_loss(z, anchor="image", geometry="geodesic"), True),
+    "unialign-volume-alignment": (lambda z: unialign_loss(z, anchor="image", alignment_metric="volume"), True),
 }
 
 
@@ -106,31 +109,98 @@ def test_geo_ot_objective_when_transport_is_available():
     assert "infonce" in logs
 
 
+def infonce_reference(z: dict[str, torch.Tensor], tau: float, weights: dict | None = None) -> float:
+    """Eq. 1 with numpy loops: −1/(Σ w_mn) Σ_i Σ_{m≠n} w_mn log softmax_k(⟨z_i^m, z_k^n⟩/τ)[i] (a sum over i)."""
+    u = {m: t.detach().numpy() / np.linalg.norm(t.detach().numpy(), axis=1, keepdims=True) for m, t in z.items()}
+    pairs = [(m, n) for m in u for n in u if m != n]
+    w = {pair: 1.0 if weights is None else float(weights.get(pair, 0.0)) for pair in pairs}
+    total = 0.0
+    for m, n in pairs:
+        for i in range(u[m].shape[0]):
+            logits = u[m][i] @ u[n].T / tau
+            log_softmax = logits[i] - logits.max() - np.log(np.sum(np.exp(logits - logits.max())))
+            total -= w[(m, n)] * log_softmax
+    return total / sum(w.values())
+
+
 def test_registry_infonce_matches_clip_reference_with_override():
     z = make_batch(b=5, seed=3, dtype=torch.float64)
     pair = {m: z[m] for m in ("image", "text")}
-    loss, logs = get_objective("infonce", tau=0.5)(pair)
     u = {m: F.normalize(t.detach(), dim=1) for m, t in pair.items()}
     s = u["image"] @ u["text"].T / 0.5
     target = torch.arange(5)
-    expected = 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.T, target))
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
-    assert logs["infonce"].item() == pytest.approx(expected.item(), rel=1e-10)
+    clip = 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.T, target))
+    # Eq. 1 as printed sums over the B samples: B × CLIP's per-sample mean
+    loss, logs = get_objective("infonce", tau=0.5)(pair)
+    assert loss.item() == pytest.approx(5 * clip.item(), rel=1e-10)
+    assert logs["infonce"].item() == pytest.approx(5 * clip.item(), rel=1e-10)
+    assert loss.item() == pytest.approx(infonce_reference(pair, 0.5), rel=1e-10)
+    loss, logs = get_objective("infonce", tau=0.5, reduction="mean")(pair)
+    assert loss.item() == pytest.approx(clip.item(), rel=1e-10)
+    assert logs["infonce"].item() == pytest.approx(clip.item(), rel=1e-10)
+
+
+def test_registry_infonce_pair_weights_match_numpy_reference():
+    z = make_batch(b=4, seed=12, dtype=torch.float64)
+    weights = {("image", "text"): 2.0, ("text", "image"): 1.0, ("audio", "image"): 0.5}
+    want = infonce_reference(z, 0.3, weights)
+    loss, _ = get_objective("infonce", tau=0.3, pair_weights=weights)(z)
+    assert loss.item() == pytest.approx(want, rel=1e-10)
+    as_strings = {f"{m}->{n}": w for (m, n), w in weights.items()}  # the config spelling of the same pairs
+    loss, _ = get_objective("infonce", tau=0.3, pair_weights=as_strings)(z)
+    assert loss.item() == pytest.approx(want, rel=1e-10)
+    assert infonce_loss(z, weights=weights, tau=0.3, reduction="mean").item() == pytest.approx(want / 4, rel=1e-10)
+    assert infonce_loss(z, tau=0.3).item() == pytest.approx(infonce_reference(z, 0.3), rel=1e-10)
+
+
+def smoothed_cross_entropy(logits: np.ndarray, eps: float) -> float:
+    """Mean over rows of −Σ_k q_k log softmax(logits)_k with q = (1 − ε) one-hot(i) + ε/K (torch's label_smoothing)."""
+    k = logits.shape[1]
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    q = (1.0 - eps) * np.eye(logits.shape[0], k) + eps / k
+    return float(-(q * log_p).sum(axis=1).mean())
 
 
 def test_registry_gram_matches_numpy_reference():
     z = make_batch(b=4, d=5, seed=4, dtype=torch.float64)
-    loss, _ = get_objective("gram", query="audio", tau=0.2)(z)
     u = {m: F.normalize(t.detach(), dim=1).numpy() for m, t in z.items()}
     vol = np.zeros((4, 4))
     for i in range(4):
         for j in range(4):
             m = np.stack([u["audio"][i], u["image"][j], u["text"][j]])
             vol[i, j] = math.sqrt(max(np.linalg.det(m @ m.T), 0.0))
-    logits = torch.tensor(-vol / 0.2)
-    target = torch.arange(4)
-    expected = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+
+    def expected(tau: float, eps: float) -> float:
+        return 0.5 * (smoothed_cross_entropy(-vol / tau, eps) + smoothed_cross_entropy(-vol.T / tau, eps))
+
+    # defaults: label smoothing 0.1 and a learnable τ that starts at the given τ
+    obj = get_objective("gram", query="audio", tau=0.2)
+    assert obj.hparams["label_smoothing"] == 0.1 and obj.hparams["learnable_tau"] is True
+    assert isinstance(obj.state, torch.nn.Module)
+    assert [name for name, _ in obj.state.named_parameters()] == ["tau"]
+    assert obj.state.tau.item() == pytest.approx(0.2)
+    loss, logs = obj(z)
+    assert set(logs) == {"gram", "tau"}
+    assert logs["tau"].item() == pytest.approx(0.2)
+    assert loss.item() == pytest.approx(expected(0.2, 0.1), rel=1e-6)  # τ is a float32 parameter
+    loss.backward()
+    assert obj.state.tau.grad is not None and torch.isfinite(obj.state.tau.grad)
+    # the learnable τ's gradient is ∂L/∂τ: compare with a central difference of the numpy reference
+    h = 1e-5
+    fd = (expected(0.2 + h, 0.1) - expected(0.2 - h, 0.1)) / (2 * h)
+    assert obj.state.tau.grad.item() == pytest.approx(fd, rel=1e-4)
+    # a fixed τ and no smoothing: the plain volume cross-entropy
+    fixed = get_objective("gram", query="audio", tau=0.2, label_smoothing=0.0, learnable_tau=False)
+    assert fixed.state is None
+    loss, logs = fixed(z)
+    assert set(logs) == {"gram"}
+    assert loss.item() == pytest.approx(expected(0.2, 0.0), rel=1e-10)
+    loss, _ = get_objective("gram", query="audio", tau=0.2, learnable_tau=False)(z)
+    assert loss.item() == pytest.approx(expected(0.2, 0.1), rel=1e-10)
+    # the plain function takes the same smoothing
+    direct = gram_loss(z["audio"], [z["image"], z["text"]], tau=0.2, label_smoothing=0.25)
+    assert direct.item() == pytest.approx(expected(0.2, 0.25), rel=1e-10)
 
 
 @pytest.mark.parametrize("name", ["unialign", "unialign-geodesic"])
@@ -138,7 +208,10 @@ def test_registry_unialign_loss_is_lambda_weighted_sum_of_logged_terms(name):
     z = make_batch(b=5, seed=5, dtype=torch.float64)
     hp = {"lambda_uni": 0.5, "lambda_align": 2.0, "lambda_vol": 0.25, "tau": 0.2, "tau_ctr": 0.3}
     loss, logs = get_objective(name, **hp)(z)
-    assert set(logs) == {"uniformity", "alignment", "volume", "centroid_uniformity"}
+    per_modality = {f"uniformity/{m}" for m in MODS}
+    assert set(logs) == {"uniformity", "alignment", "volume", "centroid_uniformity"} | per_modality
+    # Eq. 13 sums the uniformity over the M modalities; the per-modality logs are not weighted again
+    assert logs["uniformity"].item() == pytest.approx(sum(logs[k].item() for k in per_modality), rel=1e-12)
     expected = (
         0.5 * logs["uniformity"] + 2.0 * logs["alignment"] + 0.25 * (logs["volume"] + logs["centroid_uniformity"])
     )
@@ -148,6 +221,28 @@ def test_registry_unialign_loss_is_lambda_weighted_sum_of_logged_terms(name):
     assert loss.item() == pytest.approx(direct.item(), rel=1e-12)
     _, only_align = get_objective(name, lambda_uni=0.0, lambda_vol=0.0)(z)
     assert set(only_align) == {"alignment"}
+
+
+@pytest.mark.parametrize("name", ["unialign", "unialign-geodesic"])
+def test_registry_unialign_task_presets(name):
+    geometry = "geodesic" if name.endswith("geodesic") else "euclidean"
+    defaults = list_objectives()[name]["defaults"]
+    assert defaults["task"] == "generation" and defaults["lambda_vol"] == 0.1
+    assert defaults["uniformity_kernel"] == defaults["alignment_metric"] == geometry
+    assert defaults["geometry"] is None and defaults["weights"] is None
+    assert (defaults["reduction"], defaults["tau"], defaults["tau_ctr"]) == ("sample", 0.07, None)
+    z = make_batch(b=5, seed=13, dtype=torch.float64)
+    for task, lambda_vol in (("generation", 0.1), ("retrieval", 1.0)):
+        obj = get_objective(name, task=task)
+        assert obj.hparams["lambda_vol"] == lambda_vol
+        loss, logs = obj(z)
+        expected = logs["uniformity"] + logs["alignment"] + lambda_vol * (logs["volume"] + logs["centroid_uniformity"])
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+        direct = unialign_loss(z, geometry=geometry, lambda_vol=lambda_vol)
+        assert loss.item() == pytest.approx(direct.item(), rel=1e-12)
+    assert get_objective(name, task="retrieval", lambda_vol=0.3).hparams["lambda_vol"] == 0.3  # explicit λ wins
+    with pytest.raises(ConfigError, match=r"unknown task 'vqa'"):
+        get_objective(name, task="vqa")
 
 
 def test_unknown_objective_name_lists_valid_names():
@@ -247,9 +342,15 @@ def test_batch_of_two(name, dtype):
 
 
 def test_batch_of_two_uniformity_closed_form():
+    # B = 2: each row has one pair, so Eq. 9 and the global form both give −δ²/(2τ²)
     z = make_batch(b=2, seed=11, dtype=torch.float64)["text"].detach()
     u = F.normalize(z, dim=1).numpy()
-    assert uniformity(z, tau=0.3).item() == pytest.approx(-np.sum((u[0] - u[1]) ** 2) / 0.3, rel=1e-12)
+    euclidean = -np.sum((u[0] - u[1]) ** 2) / (2 * 0.3**2)
+    geodesic = -(np.arccos(np.clip(u[0] @ u[1], -1.0, 1.0)) ** 2) / (2 * 0.3**2)
+    for reduction in ("sample", "global"):
+        assert uniformity(z, tau=0.3, reduction=reduction).item() == pytest.approx(euclidean, rel=1e-12)
+        got = uniformity(z, tau=0.3, kernel="geodesic", reduction=reduction).item()
+        assert got == pytest.approx(geodesic, rel=1e-10)
 
 
 def test_batch_too_small_message_in_unialign_and_centroids():
@@ -398,16 +499,52 @@ BAD_INPUTS = [
         "uniformity-kernel",
         lambda: uniformity(_t(4, 3), kernel="cosine"),
         ConfigError,
-        r"unknown kernel/geometry 'cosine'.*euclidean.*geodesic",
+        r"unknown kernel 'cosine'; choose one of \('euclidean', 'geodesic'\)",
     ),
     ("centroid-kernel", lambda: centroid_uniformity(_three(), kernel="hyperbolic"), ConfigError, r"'hyperbolic'"),
     (
         "alignment-geometry",
         lambda: anchor_alignment(_three(), geometry="hyperbolic"),
         ConfigError,
-        r"unknown kernel/geometry 'hyperbolic'",
+        r"unknown geometry 'hyperbolic'; choose one of \('euclidean', 'geodesic'\)",
     ),
     ("unialign-geometry", lambda: unialign_loss(_three(), geometry="sphere"), ConfigError, r"'sphere'.*geodesic"),
+    (
+        "unialign-uniformity-kernel",
+        lambda: unialign_loss(_three(), uniformity_kernel="cosine"),
+        ConfigError,
+        r"unknown uniformity_kernel 'cosine'",
+    ),
+    (
+        "unialign-alignment-metric",
+        lambda: unialign_loss(_three(), alignment_metric="cosine"),
+        ConfigError,
+        r"unknown alignment_metric 'cosine'.*'volume'",
+    ),
+    (
+        "unialign-geometry-conflict",
+        lambda: unialign_loss(_three(), geometry="geodesic", alignment_metric="volume"),
+        ConfigError,
+        r"geometry='geodesic' sets both.*alignment_metric='volume'",
+    ),
+    (
+        "uniformity-reduction",
+        lambda: uniformity(_t(4, 3), reduction="mean"),
+        ConfigError,
+        r"unknown reduction 'mean'; choose one of \('sample', 'global'\)",
+    ),
+    (
+        "unialign-reduction",
+        lambda: unialign_loss(_three(), reduction="none"),
+        ConfigError,
+        r"unknown reduction 'none'",
+    ),
+    (
+        "infonce-reduction",
+        lambda: infonce_loss(_three(), reduction="none"),
+        ConfigError,
+        r"unknown reduction 'none'; choose one of \('sum', 'mean'\)",
+    ),
     # --- weights
     (
         "centroid-negative-weight",
@@ -437,19 +574,55 @@ BAD_INPUTS = [
         "infonce-negative-weight",
         lambda: infonce_loss(_three(), weights={("image", "text"): -1.0, ("text", "image"): 1.0}),
         ConfigError,
-        r"pair weights must be finite and non-negative",
+        r"InfoNCE pair weights w_mn must be finite and non-negative",
     ),
     (
         "infonce-zero-weights",
         lambda: infonce_loss(_three(), weights={("image", "text"): 0.0}),
         ConfigError,
-        r"pair weights are all zero",
+        r"InfoNCE pair weights w_mn are all zero",
     ),
     (
         "infonce-unknown-pair",
         lambda: infonce_loss(_three(), weights={("image", "video"): 1.0}),
         ConfigError,
         r"unknown keys",
+    ),
+    (
+        "infonce-unknown-pair-string",
+        lambda: infonce_loss(_three(), weights={"image->video": 1.0}),
+        ConfigError,
+        r"unknown keys \[\('image', 'video'\)\]",
+    ),
+    (
+        "infonce-bad-pair-string",
+        lambda: infonce_loss(_three(), weights={"image-text": 1.0}),
+        ConfigError,
+        r"must look like 'text->image'",
+    ),
+    (
+        "infonce-pair-given-twice",
+        lambda: infonce_loss(_three(), weights={("image", "text"): 1.0, "image->text": 2.0}),
+        ConfigError,
+        r"image->text is given twice",
+    ),
+    (
+        "unialign-unknown-centroid-weight",
+        lambda: unialign_loss(_three(), weights={"video": 1.0}),
+        ConfigError,
+        r"centroid weights.*unknown keys \['video'\]",
+    ),
+    (
+        "registry-infonce-old-weights-name",
+        lambda: get_objective("infonce", weights=None),
+        ConfigError,
+        r"no hyperparameter\(s\) \['weights'\].*pair_weights",
+    ),
+    (
+        "gram-label-smoothing",
+        lambda: gram_loss(_t(4, 3), [_t(4, 3)], label_smoothing=1.0),
+        ConfigError,
+        r"label_smoothing must be a number in \[0, 1\)",
     ),
     # --- lambdas
     (

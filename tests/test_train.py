@@ -52,8 +52,9 @@ def features(tmp_path_factory):
 
 
 def test_training_improves_validation_recall(features, tmp_path):
-    # τ = 0.5: at the paper's 0.07 the uniformity term dominates alignment on this 8-d toy problem.
-    params = {"tau": 0.5}
+    # τ = 1: at the paper's 0.07 the per-row uniformity force (∝ 1/τ², the softmax gradient after Eq. 9) outweighs
+    # alignment about 100:1 on this 8-d toy problem and R@1 stays at chance (measured: 0.06 at 0.07, 0.94 at 1).
+    params = {"tau": 1.0}
     summary = Trainer(config(tmp_path, features, epochs=40, lr=1e-2, objective_params=params)).fit()
     before, after = summary["history"][0]["validation"], summary["history"][-1]["validation"]
     for key in ("R@1/image->audio", "R@1/image->text"):
@@ -121,7 +122,7 @@ def test_head_set_passes_the_anchor_through():
     [
         (["lr=-1"], "lr must be a positive finite number"),
         (["objective=nope"], "unknown objective"),
-        (["objective_params.lambda_zzz=1"], "has no parameter"),
+        (["objective_params.lambda_zzz=1"], "has no hyperparameter"),
         (["batch_size=1"], "batch_size must be an integer >= 2"),
         (["modality_dropout=1.5"], "modality_dropout must be in"),
         (["bogus=1"], "unknown config key"),
@@ -220,11 +221,78 @@ def test_end_to_end_mode_fine_tunes_the_towers(tmp_path):
         "checkpoint_every": 1,
     }
     trainer = Trainer(config(tmp_path, tmp_path / "anchor", **settings))
-    before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).towers.state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).net.towers.state_dict().items()}
     trainer.fit()
-    after = trainer.accelerator.unwrap_model(trainer.model).towers.state_dict()
+    after = trainer.accelerator.unwrap_model(trainer.model).net.towers.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the towers moved
     trained = AlignedSpace.from_pretrained(tmp_path / "run" / "space", modalities=["text", "audio"])
     z = trained.encode_audio([data / "clip0.wav"])
     assert z.shape == (1, HIDDEN) and torch.isfinite(z).all()
     assert (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir()
+
+
+# ----------------------------------------------------------------------------- objective settings (issue 14)
+
+
+def test_objective_hyperparameters_at_the_top_level_and_in_tables():
+    cfg = load_config(None, ["features=a", "out=b", "tau=0.05", "weights.text=0.5", "task=retrieval"])
+    assert cfg.objective_params == {"tau": 0.05, "weights": {"text": 0.5}, "task": "retrieval"}
+    hparams = get_objective(cfg.objective, **cfg.objective_hparams()).hparams
+    assert hparams["lambda_vol"] == 1.0 and hparams["weights"] == {"text": 0.5}  # the retrieval preset
+    nce = load_config(None, ["features=a", "out=b", "objective=infonce", "pair_weights.text->image=2"])
+    assert nce.objective_params == {"pair_weights": {"text->image": 2}}
+    with pytest.raises(ConfigError, match="both at the top level and in objective_params"):
+        load_config(None, ["features=a", "out=b", "tau=0.1", "objective_params.tau=0.2"])
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_config(None, ["features=a", "out=b", "task=ranking"])
+    with pytest.raises(ConfigError, match="geometry='geodesic' sets both"):
+        load_config(None, ["features=a", "out=b", "geometry=geodesic", "alignment_metric=volume"])
+
+
+def test_default_run_uses_the_registry_defaults(features, tmp_path):
+    from gen_align.objectives import list_objectives
+
+    trainer = Trainer(config(tmp_path, features, max_steps=1))
+    defaults = list_objectives()["unialign"]["defaults"]
+    for key in ("tau", "lambda_uni", "lambda_align", "lambda_vol", "uniformity_kernel", "alignment_metric"):
+        assert trainer.objective.hparams[key] == defaults[key], key
+    assert trainer.objective.hparams["lambda_vol"] == 0.1  # generation, the paper's setting (Appendix F)
+
+
+def test_configs_of_the_old_convention_are_refused(features, tmp_path):
+    with pytest.raises(ConfigError, match="objectives version 1.*tau_paper = sqrt"):
+        load_config(None, ["features=a", "out=b", "objectives_version=1"])
+    Trainer(config(tmp_path, features, checkpoint_every=2, max_steps=2)).fit()
+    state_file = next((tmp_path / "run" / "checkpoints").glob("step-*")) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["objectives_version"]  # what a checkpoint written before the paper's equations holds
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="objectives version 1"):
+        Trainer(config(tmp_path, features, checkpoint_every=2, max_steps=4)).fit(resume=True)
+
+
+def test_gram_trains_its_temperature_and_records_it(features, tmp_path, monkeypatch):
+    run = config(tmp_path, features, objective="gram", max_steps=6, checkpoint_every=3, lr=1e-2)
+    summary = Trainer(run).fit()
+    record = summary["objective"]
+    assert record["name"] == "gram" and record["version"] == 2 and record["label_smoothing"] == 0.1
+    assert record["learned_tau"] != pytest.approx(0.07, abs=1e-6)  # the temperature moved from its start
+    space = json.loads((tmp_path / "run" / "space" / "config.json").read_text())
+    assert space["training"]["objective"] == record  # the space records what it was trained with
+    # a run killed after its step-3 checkpoint and resumed ends with the same temperature (it is checkpointed)
+    original = Trainer.save_checkpoint
+
+    def save_then_die(self):
+        path = original(self)
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return path
+
+    killed = config(tmp_path / "r", features, objective="gram", max_steps=6, checkpoint_every=3, lr=1e-2)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(killed).fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    assert Trainer(killed).fit(resume=True)["objective"]["learned_tau"] == record["learned_tau"]
+    fixed = Trainer(config(tmp_path / "f", features, objective="gram", max_steps=2, learnable_tau=False)).fit()
+    assert "learned_tau" not in fixed["objective"] and fixed["objective"]["tau"] == 0.07

@@ -30,20 +30,22 @@ def sq_dist_np(a: np.ndarray, b: np.ndarray, kernel: str) -> float:
 
 
 def kernel_matrix_np(z: np.ndarray, tau: float, kernel: str) -> np.ndarray:
-    """K_ij = exp(−δ(z_i, z_j)²/τ) for i ≠ j, 0 on the diagonal (z already unit)."""
+    """K_ij = exp(−δ(z_i, z_j)²/(2τ²)) for i ≠ j (the κ of Eq. 9 / 14), 0 on the diagonal (z already unit)."""
     b = len(z)
     k = np.zeros((b, b))
     for i in range(b):
         for j in range(b):
             if i != j:
-                k[i, j] = math.exp(-sq_dist_np(z[i], z[j], kernel) / tau)
+                k[i, j] = math.exp(-sq_dist_np(z[i], z[j], kernel) / (2.0 * tau * tau))
     return k
 
 
 def uniformity_np(z: np.ndarray, tau: float, kernel: str) -> float:
+    """Eq. 9: 1/B Σ_i log( 1/(B−1) Σ_{j≠i} κ(z_i, z_j) )."""
     z = unit_np(z)
     b = len(z)
-    return math.log(kernel_matrix_np(z, tau, kernel).sum() / (b * (b - 1)))
+    k = kernel_matrix_np(z, tau, kernel)
+    return float(np.mean([math.log(k[i].sum() / (b - 1)) for i in range(b)]))
 
 
 def tangent(z: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -51,33 +53,40 @@ def tangent(z: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g - np.sum(g * z, axis=1, keepdims=True) * z
 
 
+def row_softmax_np(z: np.ndarray, tau: float, kernel: str) -> np.ndarray:
+    """p_ij = κ_ij / Σ_{l≠i} κ_il (the weights after Eq. 9)."""
+    k = kernel_matrix_np(z, tau, kernel)
+    return k / k.sum(axis=1, keepdims=True)
+
+
 def euclidean_grad_closed_form(z: np.ndarray, tau: float) -> np.ndarray:
-    """∂U/∂z_k = −(4/τ) Σ_{j≠k} w_kj (z_k − z_j), w = K / Σ_{i≠j} K_ij (the formula after Eq. 9)."""
-    w = kernel_matrix_np(z, tau, "euclidean")
-    w /= w.sum()
+    """∂U/∂z_k = −1/(Bτ²) Σ_{j≠k} (p_kj + p_jk)(z_k − z_j): row k's own term (the sample-wise gradient after
+    Eq. 9, divided by B) plus the terms of the other rows in which z_k is a neighbour."""
+    p = row_softmax_np(z, tau, "euclidean")
+    b = len(z)
     g = np.zeros_like(z)
-    for k in range(len(z)):
-        for j in range(len(z)):
+    for k in range(b):
+        for j in range(b):
             if j != k:
-                g[k] += -(4.0 / tau) * w[k, j] * (z[k] - z[j])
+                g[k] += -(p[k, j] + p[j, k]) * (z[k] - z[j]) / (b * tau * tau)
     return g
 
 
 def geodesic_grad_closed_form(z: np.ndarray, tau: float) -> np.ndarray:
     """Same with δ² = arccos(c)², d δ²/dc = −2θ/sin θ (limit −2 at θ = 0):
-    ∂U/∂z_k = (4/τ) Σ_{j≠k} w_kj (θ_kj / sin θ_kj) z_j."""
-    w = kernel_matrix_np(z, tau, "geodesic")
-    w /= w.sum()
+    ∂U/∂z_k = 1/(Bτ²) Σ_{j≠k} (p_kj + p_jk) (θ_kj / sin θ_kj) z_j."""
+    p = row_softmax_np(z, tau, "geodesic")
+    b = len(z)
     g = np.zeros_like(z)
-    for k in range(len(z)):
-        for j in range(len(z)):
+    for k in range(b):
+        for j in range(b):
             if j == k:
                 continue
             theta = math.acos(float(np.clip(np.dot(z[k], z[j]), -1.0, 1.0)))
             if math.pi - theta < 1e-7:
                 continue  # antipodal: the pull is along ±z_k, purely radial (removed by `tangent`)
             ratio = 1.0 if theta < 1e-12 else theta / math.sin(theta)
-            g[k] += (4.0 / tau) * w[k, j] * ratio * z[j]
+            g[k] += (p[k, j] + p[j, k]) * ratio * z[j] / (b * tau * tau)
     return g
 
 
@@ -115,8 +124,9 @@ def test_uniformity_two_points_closed_form():
     tau = 0.2
     d2 = float(np.sum((z[0] - z[1]) ** 2))
     theta = math.acos(float(np.dot(z[0], z[1])))
-    assert uniformity(torch.tensor(z), tau=tau).item() == pytest.approx(-d2 / tau, rel=1e-12)
-    assert uniformity(torch.tensor(z), tau=tau, kernel="geodesic").item() == pytest.approx(-(theta**2) / tau, rel=1e-12)
+    assert uniformity(torch.tensor(z), tau=tau).item() == pytest.approx(-d2 / (2 * tau**2), rel=1e-12)
+    geodesic = uniformity(torch.tensor(z), tau=tau, kernel="geodesic").item()
+    assert geodesic == pytest.approx(-(theta**2) / (2 * tau**2), rel=1e-12)
 
 
 def test_uniformity_is_scale_invariant_per_row():
@@ -182,7 +192,7 @@ def test_geodesic_antipodal_pair_only():
     z = random_unit(1, 3, seed=10)
     z = np.concatenate([z, -z])
     value, grad = uniformity_grad(z, 0.5, "geodesic")
-    assert value == pytest.approx(-(math.pi**2) / 0.5, rel=1e-12)
+    assert value == pytest.approx(-(math.pi**2) / (2 * 0.5**2), rel=1e-12)
     # The only direction the partner exerts is radial, so the tangent gradient vanishes.
     assert np.isfinite(grad).all()
     np.testing.assert_allclose(grad, 0.0, atol=1e-9)

@@ -195,9 +195,14 @@ def test_gram_loss_is_symmetric_cross_entropy_of_negative_volumes(tau, n_others)
     logits = torch.tensor(similarity_np(text, others) / tau)  # L = −Vol / τ, independent of the code
     target = torch.arange(b)
     expected = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    got = gram_loss(t64(text), [t64(o) for o in others], tau=tau)
+    got = gram_loss(t64(text), [t64(o) for o in others], tau=tau, label_smoothing=0.0)
     assert got.ndim == 0
     assert got.item() == pytest.approx(expected.item(), rel=1e-10)
+    # GRAM as published smooths the labels by 0.1 (the default): (1 − ε) · CE + ε · mean_k(−log p_ik) per row
+    log_p = logits.log_softmax(dim=1), logits.T.log_softmax(dim=1)
+    smoothed = [(-(0.9 * lp.diagonal()) - 0.1 * lp.mean(dim=1)).mean() for lp in log_p]
+    published = gram_loss(t64(text), [t64(o) for o in others], tau=tau)
+    assert published.item() == pytest.approx(0.5 * (smoothed[0] + smoothed[1]).item(), rel=1e-10)
 
 
 def test_gram_loss_gradient_finite_and_matches_finite_differences():

@@ -52,7 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modalities", default="image,text,audio", help="modalities to embed (default image,text,audio)")
     p.add_argument("--weights-dir", help="local weights directory (default: $GEN_ALIGN_HOME)")
     p.add_argument("--anchor", default="image", help="anchor modality for ζ/χ (default: image)")
-    p.add_argument("--tau", type=float, default=0.07, help="kernel temperature (default: 0.07)")
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=0.07,
+        help="the paper's τ: kernel exp(-||x-y||^2/(2 tau^2)) of uniformity and Hölder, InfoNCE temperature of ζ/χ "
+        "(default: 0.07)",
+    )
     p.add_argument("--max-items", type=int, default=4096, help="random subset for the O(N²) estimates (default 4096)")
     p.add_argument("--seed", type=int, default=0, help="seed of that subset (default 0)")
     p.add_argument("--out", default="results/analysis", help="output directory (default: results/analysis)")

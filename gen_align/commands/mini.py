@@ -42,6 +42,19 @@ def _train(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"unknown stage(s) {unknown}; choose from {','.join(STAGES)}.")
     started = time.perf_counter()
+    if args.reuse_shipped:
+        from gen_align.mini.build import seed_from_shipped
+
+        if recipe != FULL:
+            from gen_align.errors import ConfigError
+
+            raise ConfigError(
+                "--reuse-shipped takes the models the full recipe shipped (seed 0); drop --smoke/--seed, or drop "
+                "--reuse-shipped to train every stage."
+            )
+
+        seeded = seed_from_shipped(args.work, recipe)
+        print(f"mini train: {', '.join(seeded) or 'no stage'} taken from the shipped preset")
     build = MiniBuild(args.work, recipe, progress=not args.quiet)
     record = build.run(stages)
     print(f"mini train: {time.perf_counter() - started:.0f} s this run; stage seconds (when last run):")
@@ -100,6 +113,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--ship", action="store_true", help="copy the UniAlign space, decoder and classifier into the package"
     )
     t.add_argument("--ship-to", help="ship into this folder instead of the package (for checks)")
+    t.add_argument(
+        "--reuse-shipped",
+        action="store_true",
+        help="take the towers, decoder and classifier from the shipped preset (trained with this recipe) and "
+        "train only the rest: the way to retrain the heads after a change to the objectives",
+    )
 
     e = actions.add_parser("eval", help="the reproduction table: FID, attribute accuracy, R@1, gap, Hölder")
     e.add_argument("--work", default=DEFAULT_WORK, help=f"a finished `mini train` work folder (default {DEFAULT_WORK})")

@@ -16,6 +16,12 @@ def run(args: argparse.Namespace) -> int:
     for name, info in table.items():
         defaults = ", ".join(f"{k}={v}" for k, v in info["defaults"].items())
         print(f"{name:18s} {info['description']}\n{'':18s} defaults: {defaults}")
+        if "task_presets" in info:
+            presets = "; ".join(
+                f"task={task}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                for task, values in info["task_presets"].items()
+            )
+            print(f"{'':18s} task presets: {presets}")
     return 0
 
 

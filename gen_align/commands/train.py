@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override any setting, e.g. --set lr=1e-4 --set head.kind=linear --set objective_params.tau=0.05",
+        help="override any setting, e.g. --set lr=1e-4 --set head.kind=linear; objective hyperparameters also at the "
+        "top level: --set tau=0.05 --set task=retrieval --set weights.text=0.5 --set pair_weights.text->image=2",
     )
     p.add_argument(
         "--resume",

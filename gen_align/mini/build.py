@@ -116,9 +116,9 @@ class MiniBuild:
         changed one, e.g. another loss weighting with the same step counts, starts afresh)."""
         return self.paths.work / "checkpoints" / f"{stage}-{self._keys[stage]}"
 
-    def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
-        """Run ``stages`` (skipping those already done for this recipe); returns the timing record."""
-        work: dict[str, tuple[tuple[str, ...], Callable[[], None]]] = {
+    def _stages(self) -> dict[str, tuple[tuple[str, ...], Callable[[], None]]]:
+        """Each stage's recipe fields (its hash) and the method that runs it."""
+        return {
             "world": (("seed", "train_items", "test_items"), self.world),
             "towers": (("seed", "train_items", "clip", "beats"), self.towers),
             "features": (("seed", "train_items", "test_items", "clip", "beats"), self.features),
@@ -126,6 +126,14 @@ class MiniBuild:
             "decoder": (("seed", "train_items", "clip", "decoder", "decoder_snr_gamma"), self.decoder),
             "classifier": (("seed", "train_items", "classifier"), self.classifier),
         }
+
+    def stage_hashes(self) -> dict[str, str]:
+        """The recipe hash of every stage (a stage is redone when its hash changes)."""
+        return {stage: self.recipe.stage_hash(*depends) for stage, (depends, _) in self._stages().items()}
+
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+        """Run ``stages`` (skipping those already done for this recipe); returns the timing record."""
+        work = self._stages()
         for stage in stages:
             depends, step = work[stage]
             key = self.recipe.stage_hash(*depends)
@@ -284,6 +292,42 @@ class MiniBuild:
             return json.loads(self.record_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise InputFileError(f"{self.record_path} is unreadable ({err}); delete it to rerun every stage.") from err
+
+
+REUSABLE_STAGES = ("towers", "decoder", "classifier")
+
+
+def seed_from_shipped(work: str | Path, recipe: MiniRecipe, source: Path | None = None) -> list[str]:
+    """Mark the towers, decoder and classifier stages of ``work`` done with the shipped preset's models (only the
+    heads are then retrained: the objectives changed, the models under them did not).
+
+    Valid when the package's preset was shipped from ``recipe`` (the hashes recorded are that recipe's); the
+    stages.json entries say ``"source": "shipped"``. Stages already done in ``work`` are left alone. Returns
+    the stages it seeded."""
+    from gen_align.space import AlignedSpace
+
+    from .shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_SPACE, MINI_WEIGHTS
+
+    source = MINI_WEIGHTS if source is None else Path(source)
+    build = MiniBuild(work, recipe, progress=False)
+    hashes = build.stage_hashes()
+    todo = [s for s in REUSABLE_STAGES if build.record.get(s, {}).get("hash") != hashes[s]]
+    if "towers" in todo:
+        shipped = AlignedSpace.from_pretrained(source / MINI_SPACE.name)
+        config = {**shipped.config, "heads": {}, "output_norm": None}
+        config.pop("training", None)
+        config.pop("preset", None)
+        AlignedSpace(config, dict(shipped.towers), {}).save_pretrained(build.paths.base_space, save_towers=True)
+    for stage, folder, target in (
+        ("decoder", source / MINI_DECODER.name, build.paths.decoder),
+        ("classifier", source / MINI_CLASSIFIER.name, build.paths.classifier),
+    ):
+        if stage in todo:
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
+    record = {**build._read_record(), **{s: {"hash": hashes[s], "seconds": 0.0, "source": "shipped"} for s in todo}}
+    write_json_atomic(build.record_path, record)
+    return todo
 
 
 def _stage_hash_in(marker: Path) -> str | None:

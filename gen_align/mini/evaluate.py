@@ -172,7 +172,7 @@ def _geometry(z: dict[str, torch.Tensor]) -> dict[str, Any]:
         out[f"r1_{m}"] = retrieval_metrics(unit[m] @ unit["image"].T, ks=(1,))["R@1"]
     gap = modality_gap(unit)
     out["gap"] = {"text": gap["image-text"], "audio": gap["image-audio"]}
-    out["holder"] = float(holder_divergence(unit))  # τ = 0.07, Ĉ averaged over anchors (as `analyze`)
+    out["holder"] = float(holder_divergence(unit, anchor="image"))  # Eq. 24 at the paper's τ = 0.07, image-anchored
     return out
 
 

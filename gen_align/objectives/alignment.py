@@ -25,7 +25,7 @@ def anchor_alignment(
     on L2-normalised rows. sg = stop-gradient: as in the paper, the anchor is optimised only by the
     uniformity terms, so no gradient of this term reaches the anchor embeddings.
     """
-    check_kernel(geometry)
+    check_kernel(geometry, "geometry")
     z_dict = check_embedding_dict(z_dict, min_modalities=2, anchor=anchor)
     units = unit_dict(z_dict)
     target = units[anchor].detach()

@@ -1,4 +1,4 @@
-"""GRAM baseline: volume-contrastive loss between a query modality and tuples of the others."""
+"""GRAM baseline: volume-contrastive loss between a query modality and tuples of the others (as published)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from gen_align.checks import integer
-from gen_align.errors import EmbeddingError
+from gen_align.errors import ConfigError, EmbeddingError
 from gen_align.objectives.geometry import safe_sqrt, unit_gram_determinant
 from gen_align.objectives.uniformity import check_tau
 from gen_align.tensors import as_embeddings, at_least_float32, check_embedding_dict, unit, unit_dict
@@ -53,10 +53,36 @@ def gram_similarity(text: torch.Tensor, others: Sequence[torch.Tensor], chunk_si
     return torch.cat([_negative_volumes(c, tuple_units) for c in t.split(chunk_size)], dim=0)
 
 
-def gram_loss(text: torch.Tensor, others: Sequence[torch.Tensor], tau: float = 0.07) -> torch.Tensor:
-    """GRAM's volume-contrastive loss: cross-entropy over logits −Vol_ij / τ with matching pairs on the
-    diagonal, averaged over both directions (text→tuple rows, tuple→text columns)."""
-    check_tau(tau)
+def check_label_smoothing(label_smoothing: float) -> float:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not (0.0 <= label_smoothing < 1.0)
+    ):
+        raise ConfigError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r} (GRAM uses 0.1).")
+    return float(label_smoothing)
+
+
+def gram_loss(
+    text: torch.Tensor,
+    others: Sequence[torch.Tensor],
+    tau: float | torch.Tensor = 0.07,
+    label_smoothing: float = 0.1,
+) -> torch.Tensor:
+    """GRAM's volume-contrastive loss as published (Cicchetti et al.; ispamm/GRAM ``model/gram.py``):
+
+        L = ½ [ CE_ε(−V/τ, I) + CE_ε(−Vᵀ/τ, I) ],  V_ij = sqrt(det G(t_i, o_j^1, …, o_j^{k−1})),
+
+    the matching pairs on the diagonal, CE_ε the cross-entropy with label smoothing ε (0.1 in GRAM; 0 gives
+    the plain cross-entropy). ``tau`` is a float or a learnable 0-dim tensor (GRAM trains it from 0.07: the
+    registry's ``learnable_tau``). Unlike GRAM's code, the volume has a finite gradient at collinear tuples.
+    """
+    if isinstance(tau, torch.Tensor):
+        if tau.ndim != 0 or not bool(tau.detach() > 0):
+            raise EmbeddingError(f"tau must be a positive 0-dim tensor, got {tau.detach().tolist()!r}.")
+    else:
+        check_tau(tau)
+    label_smoothing = check_label_smoothing(label_smoothing)
     t, tuple_units = _check_tuple_batches(text, others)
     if t.shape[0] != tuple_units[0].shape[0]:
         raise EmbeddingError(
@@ -64,4 +90,7 @@ def gram_loss(text: torch.Tensor, others: Sequence[torch.Tensor], tau: float = 0
         )
     logits = _negative_volumes(t, tuple_units) / tau
     targets = torch.arange(t.shape[0], device=t.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.mT, targets))
+    return 0.5 * (
+        F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+        + F.cross_entropy(logits.mT, targets, label_smoothing=label_smoothing)
+    )

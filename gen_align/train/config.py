@@ -1,7 +1,10 @@
 """Training configuration: a YAML/TOML file plus ``--set key=value`` overrides, validated up front.
 
-Defaults follow the paper: AdamW, lr 2e-5, batch 512, τ = 0.07, λ_uni = λ_align = 1 and λ_vol = 0.1 for
-generation (UniAlign objectives).
+Defaults follow the paper: AdamW, lr 2e-5, batch 512 (Appendix F). The objective's own defaults (τ = 0.07,
+λ_uni = λ_align = 1, λ_vol by the ``task`` preset: 0.1 for generation, 1 for retrieval) come from the objective
+registry alone, the values ``gen-align objectives`` shows. ``objectives_version`` names the convention of the
+objective settings (:data:`~gen_align.objectives.registry.OBJECTIVES_VERSION`); a config or checkpoint of an
+older convention is refused, never reinterpreted.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from gen_align.checks import choice, integer, non_negative, positive
 from gen_align.errors import ConfigError, InputFileError
 from gen_align.heads import HEAD_KINDS
-from gen_align.objectives.registry import list_objectives
+from gen_align.objectives.registry import OBJECTIVES_VERSION, get_objective, list_objectives
 
 PRECISIONS = ("no", "bf16", "fp16")
 MODES = ("features", "end-to-end")
@@ -49,6 +52,7 @@ class TrainConfig:
     tower_lr: float | None = None
     objective: str = "unialign"
     objective_params: dict[str, Any] = field(default_factory=dict)
+    objectives_version: int = OBJECTIVES_VERSION
     anchor: str = "image"
     modalities: list[str] | None = None
     lr: float = 2e-5
@@ -80,12 +84,12 @@ class TrainConfig:
             )
         if self.tower_lr is not None:
             positive(self.tower_lr, "tower_lr")
+        check_objectives_version(self.objectives_version, "this training config")
         if self.objective not in list_objectives():
             raise ConfigError(f"unknown objective {self.objective!r}; choose one of {sorted(list_objectives())}.")
-        allowed = set(list_objectives()[self.objective]["defaults"])
-        unknown = sorted(set(self.objective_params) - allowed)
-        if unknown:
-            raise ConfigError(f"objective {self.objective!r} has no parameter(s) {unknown}; valid: {sorted(allowed)}.")
+        if not isinstance(self.objective_params, dict):
+            raise ConfigError(f"objective_params must be a table of hyperparameters, got {self.objective_params!r}.")
+        get_objective(self.objective, **self.objective_hparams())  # names, task, GRAM's τ: refused here, not at step 1
         positive(self.lr, "lr")
         non_negative(self.weight_decay, "weight_decay")
         integer(self.warmup_steps, "warmup_steps", low=0)
@@ -107,11 +111,10 @@ class TrainConfig:
         return self
 
     def objective_hparams(self) -> dict[str, Any]:
-        """Registry hyperparameters: the paper's λ_vol = 0.1 for UniAlign unless overridden, and the anchor."""
+        """The registry hyperparameters given in ``objective_params`` (the registry fills in the rest), and the
+        run's anchor for objectives that have one."""
         params = dict(self.objective_params)
         defaults = list_objectives()[self.objective]["defaults"]
-        if self.objective.startswith("unialign"):
-            params.setdefault("lambda_vol", 0.1)
         if "anchor" in defaults:
             params.setdefault("anchor", self.anchor)
         return params
@@ -136,8 +139,43 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def check_objectives_version(version: object, what: str) -> None:
+    """Refuse objective settings written under another convention (their τ means something else)."""
+    if version == OBJECTIVES_VERSION:
+        return
+    if version is None or version == 1:
+        raise ConfigError(
+            f"{what} was written under objectives version 1 (gen-align before the paper's equations: kernel "
+            "exp(-||x-y||^2/tau), uniformity as one log-mean over all pairs, averaged over modalities), and this "
+            f"gen-align computes version {OBJECTIVES_VERSION} (the paper's Eq. 9-14, kernel exp(-||x-y||^2/(2 tau^2)), "
+            "summed over modalities). The forms differ, so a run cannot continue across them: train anew. To "
+            "carry a setting over, the same kernel width is tau_paper = sqrt(tau_old / 2) (0.07 -> 0.187; the "
+            "paper's default is 0.07), UniAlign's lambda_vol is now set by task=generation (0.1) or retrieval (1), "
+            f"InfoNCE's weights are pair_weights; then set objectives_version: {OBJECTIVES_VERSION}."
+        )
+    raise ConfigError(f"objectives_version must be {OBJECTIVES_VERSION}, got {version!r} in {what}.")
+
+
+def _route_objective_keys(tree: dict[str, Any], known: set[str]) -> None:
+    """Top-level keys that are hyperparameters of the chosen objective (``--set tau=0.05``,
+    ``--set weights.text=0.5``) move into ``objective_params``."""
+    objective = tree.get("objective", TrainConfig.objective)
+    if not isinstance(objective, str) or objective not in list_objectives():
+        return
+    hparams = set(list_objectives()[objective]["defaults"])
+    params = tree.get("objective_params")
+    for key in sorted(set(tree) - known):
+        if key in hparams:
+            if not isinstance(params, dict):
+                params = tree["objective_params"] = {}
+            if key in params:
+                raise ConfigError(f"{key} is given both at the top level and in objective_params; keep one.")
+            params[key] = tree.pop(key)
+
+
 def _from_tree(tree: dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
+    _route_objective_keys(tree, known)
     unknown = sorted(set(tree) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(known)}.")

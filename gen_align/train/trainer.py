@@ -26,7 +26,7 @@ from gen_align.heads import HeadConfig, HeadSet
 from gen_align.io import write_json_atomic
 from gen_align.objectives.registry import Objective, get_objective
 from gen_align.space import AlignedSpace, write_space_checkpoint
-from gen_align.train.config import TrainConfig
+from gen_align.train.config import TrainConfig, check_objectives_version
 from gen_align.train.features import FeatureData, ManifestData
 from gen_align.train.validation import validation_metrics
 
@@ -68,6 +68,19 @@ class EndToEndModel(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         features = {m: self.towers[m].encode(v) if m in self.towers else v for m, v in batch.items()}
         return self.heads(features)
+
+
+class TrainedModules(nn.Module):
+    """What the optimiser trains: the heads (behind trainable towers in end-to-end mode) and the objective's own
+    parameters (GRAM's temperature), in one module so DDP, the optimiser and checkpoints cover all of them."""
+
+    def __init__(self, net: nn.Module, objective_state: nn.Module | None) -> None:
+        super().__init__()
+        self.net = net
+        self.objective_state = objective_state
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.net(batch)
 
 
 def masked_loss(
@@ -149,7 +162,8 @@ class Trainer:
         self.head_configs = build_heads(config, dims, config.anchor)
         torch.manual_seed(config.seed)
         heads = HeadSet(self.head_configs)
-        model = EndToEndModel(towers, heads) if towers else heads
+        objective = get_objective(config.objective, **config.objective_hparams())
+        model = TrainedModules(EndToEndModel(towers, heads) if towers else heads, objective.state)
         n_params = sum(p.numel() for p in model.parameters())
         if self.accelerator.is_main_process:
             check_output_dir(self.out, bytes_needed=4 * n_params * 4 * (config.keep_checkpoints + 1))
@@ -158,6 +172,8 @@ class Trainer:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
         groups = [{"params": list(heads.parameters()), "lr": config.lr}]
+        if objective.state is not None:
+            groups.append({"params": list(objective.state.parameters()), "lr": config.lr, "weight_decay": 0.0})
         if towers:
             tower_params = [p for t in towers.values() for p in t.parameters()]
             groups.append({"params": tower_params, "lr": config.tower_lr or config.lr})
@@ -166,7 +182,7 @@ class Trainer:
             optimizer, lr_lambda(config.warmup_steps, self.total_steps, config.schedule)
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.objective = get_objective(config.objective, **config.objective_hparams())
+        self.objective = objective
         self.tau = float(self.objective.hparams.get("tau", 0.07))
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict[str, Any]] = []
@@ -220,6 +236,7 @@ class Trainer:
             raise InputFileError(f"{path} is not a training checkpoint (no {STATE_NAME}).")
         state = json.loads(state_file.read_text(encoding="utf-8"))
         saved = state["config"]
+        check_objectives_version(saved.get("objectives_version"), f"the checkpoint {path}")
         for key in (
             "features",
             "objective",
@@ -306,7 +323,7 @@ class Trainer:
     def save_space(self, summary: dict[str, Any]) -> Path:
         """OUT/space: the anchor's tower from the cache identity, trained heads (and fine-tuned towers), and
         the anchor's mean embedding norm as the output scale (what the decoders were trained on)."""
-        cfg, model = self.config, self.accelerator.unwrap_model(self.model)
+        cfg, model = self.config, self.accelerator.unwrap_model(self.model).net
         heads = model.heads if isinstance(model, EndToEndModel) else model
         anchor_features = (
             self.data.anchor_features if isinstance(self.data, ManifestData) else self.data.train[cfg.anchor]
@@ -339,7 +356,7 @@ class Trainer:
             "train_items": self.data.num_train,
             "val_items": self.data.size("val"),
             "samples_per_second": samples_per_second,
-            "objective": {"name": cfg.objective, **self.objective.hparams},
+            "objective": self.objective.record(),
             "history": self.history,
             "config": cfg.to_dict(),
         }

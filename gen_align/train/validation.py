@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +32,7 @@ def validation_metrics(z: dict[str, torch.Tensor], anchor: str, tau: float) -> d
     subset = {m: v[:DIAGNOSTIC_ITEMS] for m, v in z.items()}
     if next(iter(subset.values())).shape[0] >= 2:
         conflict = conflict_metrics(subset, anchor=anchor, tau=tau)
-        metrics.update({f"conflict/{k}": v for k, v in conflict.items()})
-        metrics["holder_divergence"] = float(holder_divergence(subset, tau=tau))
+        metrics.update({f"conflict/{k}": v for k, v in conflict.items() if math.isfinite(v)})  # μ̄ is NaN for M = 2
+        metrics["holder_divergence"] = float(holder_divergence(subset, tau=tau, anchor=anchor))
         metrics.update({f"gap/{k}": v for k, v in modality_gap(subset).items()})
     return metrics
