@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,8 @@ def analyze_embeddings(
                 f"{a}-{b}": float((unit(z[a]) * unit(z[b])).sum(-1).mean()) for a, b in itertools.combinations(z, 2)
             }
             if anchor in z:
-                values["conflict"] = conflict_metrics(z, anchor=anchor, tau=tau)
+                conflict = conflict_metrics(z, anchor=anchor, tau=tau)  # μ̄ is NaN for M = 2: null in the JSON
+                values["conflict"] = {k: v if math.isfinite(v) else None for k, v in conflict.items()}
             else:
                 notes.append(f"anchor {anchor!r} not in the file: conflict metrics skipped")
         else:
@@ -120,7 +122,7 @@ def _markdown(values: dict[str, Any], notes: list[str]) -> str:
         ]
     if "conflict" in values:
         c = values["conflict"]
-        bound = "" if c["mu_bar"] != c["mu_bar"] else f", μ̄ = {c['mu_bar']:.4f} (Eq. 7: E[χ] ≥ {c['chi_bound']:.4f})"
+        bound = "" if c["mu_bar"] is None else f", μ̄ = {c['mu_bar']:.4f} (Eq. 7: E[χ] ≥ {c['chi_bound']:.4f})"
         lines.append(f"Conflict (Eq. 4, anchor): ζ = {c['zeta']:.4f}, χ = {c['chi']:.4f}{bound}")
     lines += [f"\n_Note: {n}._" for n in notes]
     return "\n".join(lines) + "\n"

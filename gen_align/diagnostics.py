@@ -135,8 +135,8 @@ def conflict_metrics(
     the alignment pull V and the uniformity push Φ of Eq. 3. ``pair_weights`` are w_an ({modality: w}, default
     1). Also ``mu_bar`` μ̄, the mean cosine ⟨z_i^m, z_i^n⟩ over the pairs m ≠ n of non-anchor positives (NaN
     for M = 2: there is no pair), and ``chi_bound`` = 1 − sqrt((1 + (M−2) μ̄)/(M−1)), Corollary 2's lower
-    bound on E[χ_a] (Eq. 7/19; 0 for M = 2), which assumes uniform w_an (it is not a bound on χ otherwise). Rows with V_i = 0 or Φ_i = 0 have no direction and are left
-    out of ζ.
+    bound on E[χ_a] (Eq. 7/19; 0 for M = 2), which assumes uniform w_an (it is not a bound on χ otherwise).
+    Rows with V_i = 0 or Φ_i = 0 have no direction and are left out of ζ.
     """
     positive(tau, "tau", "(e.g. 0.07)")
     checked = check_embedding_dict(z_dict, min_modalities=2, anchor=anchor)

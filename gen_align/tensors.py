@@ -125,10 +125,20 @@ def unit_dict(z_dict: EmbeddingDict) -> dict[str, torch.Tensor]:
     return {k: unit(v, name=f"z[{k!r}]") for k, v in z_dict.items()}
 
 
+def check_weight_table(weights: object, what: str) -> None:
+    """A weight table must map names to real numbers (a config's ``weights.text=0.5``), else ConfigError."""
+    if not isinstance(weights, Mapping):
+        raise ConfigError(f"{what} must be a table of name = weight (e.g. weights.text=0.5), got {weights!r}.")
+    bad = {k: v for k, v in weights.items() if isinstance(v, bool) or not isinstance(v, (int, float, np.number))}
+    if bad:
+        raise ConfigError(f"{what} must be numbers, got {bad}.")
+
+
 def normalized_weights(weights: Mapping[str, float] | None, keys: list[str], what: str = "weights") -> dict:
     """Validate non-negative weights over ``keys`` (default uniform) and normalise them to sum 1."""
     if weights is None:
         return {k: 1.0 / len(keys) for k in keys}
+    check_weight_table(weights, what)
     unknown = sorted(set(weights) - set(keys))
     if unknown:
         raise ConfigError(f"{what}: unknown keys {unknown}; expected a subset of {keys}.")

@@ -79,8 +79,20 @@ def test_analyze_writes_json_and_markdown(paired_embeddings, tmp_path, capsys):
     gap = {frozenset(pair.split("-")): v for pair, v in values["modality_gap"].items()}
     assert gap[frozenset({"image", "text"})] == pytest.approx(expected, rel=1e-5)
     assert gap[frozenset({"image", "text"})] > gap[frozenset({"image", "audio"})]
-    assert set(values["conflict"]) >= {"zeta", "chi"}
+    assert set(values["conflict"]) == {"zeta", "chi", "chi_bound", "mu_bar"}
+    assert values["holder_anchor"] == "image"  # Eq. 24 anchored at the analysis anchor
     assert "Hölder divergence" in capsys.readouterr().out
+
+
+def test_analyze_two_modalities_writes_strict_json(paired_embeddings, tmp_path):
+    """With M = 2 there is no pair of positives: μ̄ is null in the JSON (not NaN, which JSON does not have)."""
+    _, z = paired_embeddings
+    path = tmp_path / "two.safetensors"
+    save_file({m: z[m] for m in ("image", "audio")}, str(path))
+    assert main(["analyze", "--embeddings", str(path), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "analysis.json").read_text()
+    values = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in analysis.json"))
+    assert values["conflict"]["mu_bar"] is None and values["conflict"]["chi_bound"] == 0.0
 
 
 def test_analyze_subset_is_seeded(paired_embeddings, tmp_path):

@@ -245,6 +245,15 @@ def test_objective_hyperparameters_at_the_top_level_and_in_tables():
         load_config(None, ["features=a", "out=b", "tau=0.1", "objective_params.tau=0.2"])
     with pytest.raises(ConfigError, match="unknown task"):
         load_config(None, ["features=a", "out=b", "task=ranking"])
+    for bad, message in (
+        (['tau="hot"'], "tau must be a positive finite number"),
+        (["weights=[1, 2]"], "centroid weights w_m must be a table"),
+        (['weights.text="half"'], "must be numbers"),
+        (["objective=infonce", "pair_weights.text=2"], "must look like 'text->image'"),
+        (["objective=gram", "label_smoothing=1.5"], "label_smoothing must be a number in"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, ["features=a", "out=b", *bad])
     with pytest.raises(ConfigError, match="geometry='geodesic' sets both"):
         load_config(None, ["features=a", "out=b", "geometry=geodesic", "alignment_metric=volume"])
 

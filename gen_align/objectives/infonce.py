@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from gen_align.checks import choice
 from gen_align.errors import ConfigError
 from gen_align.objectives.uniformity import check_tau
-from gen_align.tensors import at_least_float32, check_embedding_dict, normalized_weights, unit_dict
+from gen_align.tensors import (
+    at_least_float32,
+    check_embedding_dict,
+    check_weight_table,
+    normalized_weights,
+    unit_dict,
+)
 
 Pair = tuple[str, str]
 INFONCE_REDUCTIONS = ("sum", "mean")
@@ -34,6 +40,7 @@ def pair_weights(modalities: list[str], weights: Mapping[Pair | str, float] | No
     Eq. 1); keys are tuples or "m->n" strings, missing pairs weigh 0."""
     pairs = list(itertools.permutations(modalities, 2))
     if weights is not None:
+        check_weight_table(weights, "InfoNCE pair weights w_mn")
         parsed: dict[Pair, float] = {}
         for key, value in weights.items():
             pair = parse_pair(key)

@@ -13,10 +13,11 @@ from torch import nn
 from gen_align.checks import choice
 from gen_align.errors import ConfigError, EmbeddingError
 from gen_align.objectives.gram import check_label_smoothing, gram_loss
-from gen_align.objectives.infonce import infonce_loss
+from gen_align.objectives.infonce import infonce_loss, parse_pair
 from gen_align.objectives.transport import local_covariance_loss, sinkhorn_ot_loss
 from gen_align.objectives.unialign import check_unialign_options, unialign_loss, unialign_terms, weighted_sum
 from gen_align.objectives.uniformity import check_tau
+from gen_align.tensors import check_weight_table
 
 Logs = dict[str, torch.Tensor]
 ObjectiveFn = Callable[..., tuple[torch.Tensor, Logs]]
@@ -216,6 +217,12 @@ def get_objective(name: str, **hparams: Any) -> Objective:
         check_tau(resolved["tau"])
     if fn is _gram:
         check_label_smoothing(resolved["label_smoothing"])
+    if fn is _unialign and resolved["weights"] is not None:
+        check_weight_table(resolved["weights"], "centroid weights w_m")
+    if fn is _infonce and resolved["pair_weights"] is not None:
+        check_weight_table(resolved["pair_weights"], "InfoNCE pair weights w_mn")
+        for key in resolved["pair_weights"]:
+            parse_pair(key)
     if fn is _gram and resolved["learnable_tau"]:
         state = LearnableTemperature(check_tau(resolved["tau"]))
     return Objective(name=name, fn=fn, hparams=resolved, state=state)
