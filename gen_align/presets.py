@@ -95,3 +95,12 @@ def get_preset(name: str) -> Preset:
             f"unknown preset {name!r}; known presets: {sorted(PRESETS)} (or pass a checkpoint directory)."
         )
     return PRESETS[name]
+
+
+def list_presets() -> dict[str, str]:
+    """Every preset's name with its one-line description, e.g. ``list_presets()["mini"]``.
+
+    Returns:
+        ``{name: description}`` in the order of :data:`PRESETS` (the shipped ``mini`` first).
+    """
+    return {name: preset.description for name, preset in PRESETS.items()}

@@ -1,77 +1,54 @@
-"""Images from text, audio, an image or a blend of them — and interpolation strips — written to a folder.
+"""The command line's generation: :class:`~gen_align.pipelines.pipeline.GenAlignPipeline` calls written to a folder.
 
 ``generate``: ``n`` images of one blended condition (image ``i`` uses seed ``seed + i``), each as a PNG with a
 JSON sidecar (preset, inputs, weights, mode, seed, steps, guidance, embedding norms before/after calibration),
 plus ``grid.png``. ``interpolate_images``: the frames along the arc between two conditions, all with one seed,
 as ``interpolation.png`` (a strip), ``interpolation.gif`` and ``interpolation.json``. Files are written
-atomically.
-
-Every condition, an image one included, is reduced to its direction, blended, and rescaled to the decoder's
-calibrated mean norm (see :mod:`gen_align.pipelines.calibration`), so all inputs reach the decoder at one scale.
+atomically. The pipeline is built for one call (the towers are freed before the decoder loads) and its messages
+name the command's flags.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gen_align import __version__
-from gen_align.checks import choice, integer, non_negative
+from gen_align.checks import choice, integer
 from gen_align.errors import ConfigError
 from gen_align.io import write_json_atomic
 
-from .blend import MODES, blend, interpolate, validate_weights
-from .calibration import rescale
+from .blend import MODES, validate_weights
+from .pipeline import DecodeOptions as PipelineDecodeOptions
+from .pipeline import GenAlignPipeline, blended, embedding_report, interpolated
 from .render import grid, save_gif, save_png, strip
 from .session import Condition, RuntimeOptions, Session
 
+__all__ = ["DecodeOptions", "Result", "blended", "embedding_report", "generate", "interpolate_images", "interpolated"]
+
+CLI_FLAGS = {
+    "num_images": "--n",
+    "frames": "--frames",
+    "mode": "--mode",
+    "seed": "--seed",
+    "steps": "--steps",
+    "guidance": "--guidance",
+    "noise_level": "--noise-level",
+    "batch_size": "--batch-size",
+}
+
 
 @dataclass(frozen=True)
-class DecodeOptions:
-    """Sampling options shared by ``generate`` and ``interpolate`` (``None``: the decoder's default)."""
+class DecodeOptions(PipelineDecodeOptions):
+    """The sampling options of a command: as the pipeline's, with messages that name the command's flags."""
 
-    seed: int = 0
-    steps: int | None = None
-    guidance: float | None = None
-    noise_level: int | None = None
-    batch_size: int | None = None
-    height: int | None = None
-    width: int | None = None
+    def check(self, names: Mapping[str, str] = CLI_FLAGS) -> None:
+        super().check(names)
 
-    def check(self) -> None:
-        """Cheap validation before any model is loaded."""
-        integer(self.seed, "--seed", low=0)
-        for value, name, low in ((self.steps, "--steps", 1), (self.batch_size, "--batch-size", 1)):
-            if value is not None:
-                integer(value, name, low=low)
-        if self.guidance is not None:
-            non_negative(self.guidance, "--guidance")
-        if self.noise_level is not None:
-            integer(self.noise_level, "--noise-level", low=0)
-
-    def call_kwargs(self, kind: str) -> dict[str, Any]:
-        """Keyword arguments of the decoder call (``noise_level`` only for Stable UnCLIP)."""
-        if self.noise_level is not None and kind != "stable-unclip":
-            raise ConfigError(f"--noise-level applies to the stable-unclip decoder only, not {kind}; leave it out.")
-        kwargs = {"steps": self.steps, "guidance": self.guidance, "batch_size": self.batch_size}
-        kwargs |= {"height": self.height, "width": self.width}
-        if kind == "stable-unclip":
-            kwargs["noise_level"] = self.noise_level or 0
-        return kwargs
-
-    def record(self, decoder: Any, kind: str) -> dict[str, Any]:
-        """The values actually used, for sidecars."""
-        out = {
-            "steps": self.steps or decoder.default_steps,
-            "guidance": decoder.default_guidance if self.guidance is None else self.guidance,
-        }
-        if kind == "stable-unclip":
-            out["noise_level"] = self.noise_level or 0
-        return out
+    def call_kwargs(self, kind: str, names: Mapping[str, str] = CLI_FLAGS) -> dict[str, Any]:
+        return super().call_kwargs(kind, names)
 
 
 @dataclass
@@ -82,36 +59,24 @@ class Result:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def embedding_report(raw: dict[str, torch.Tensor], direction: torch.Tensor, z: torch.Tensor, stats: Any) -> dict:
-    """Cosine similarities between the inputs' raw embeddings, their norms, and the norm after calibration."""
-    names = list(raw)
+def _one_call_pipeline(
+    options: RuntimeOptions, kinds: set[str] | list[str], decode: PipelineDecodeOptions
+) -> GenAlignPipeline:
+    decode.check(CLI_FLAGS)  # cheap checks before any model is loaded
+    pipe = GenAlignPipeline(Session(options, kinds), keep_encoders=False)
+    pipe.argument_names = dict(CLI_FLAGS)
+    return pipe
+
+
+def _sampling(decode: PipelineDecodeOptions) -> dict[str, Any]:
     return {
-        "cosine_similarity": {
-            f"{a}·{b}": float(torch.nn.functional.cosine_similarity(raw[a], raw[b]).squeeze())
-            for i, a in enumerate(names)
-            for b in names[i + 1 :]
-        },
-        "norms_before": {k: float(v.norm()) for k, v in raw.items()},
-        "direction_norm": float(direction.norm(dim=-1).max()),
-        "norm_after": float(z.norm(dim=-1).max()),
-        "calibration": stats.to_dict(),
+        "steps": decode.steps,
+        "guidance": decode.guidance,
+        "noise_level": decode.noise_level,
+        "batch_size": decode.batch_size,
+        "height": decode.height,
+        "width": decode.width,
     }
-
-
-def blended(
-    raw: dict[str, torch.Tensor], weights: dict[str, float], mode: str, stats: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unit direction, calibrated embedding) of the blend: directions first, then the decoder's scale."""
-    direction = blend(raw, weights, mode)
-    return direction, rescale(direction, stats)
-
-
-def interpolated(
-    a: torch.Tensor, b: torch.Tensor, frames: int, mode: str, stats: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unit directions, calibrated embeddings) of ``frames`` points along the arc from ``a`` to ``b``."""
-    directions = interpolate(a, b, steps=frames, mode=mode)
-    return directions, rescale(directions, stats)
 
 
 def generate(
@@ -131,34 +96,20 @@ def generate(
     if len(set(kinds)) != len(kinds):
         raise ConfigError(f"one input per kind, got {kinds}.")
     choice(mode, "--mode", MODES)
-    n = integer(n, "--n", low=1)
+    integer(n, "--n", low=1)
+    validate_weights(weights, kinds)
     decode = decode or DecodeOptions()
-    decode.check()
-    weights = validate_weights(weights, kinds)
-    session = Session(options, kinds)
-    call_kwargs = decode.call_kwargs(session.info.kind)
-    raw = {c.kind: session.encode(c) for c in conditions}
-    direction, z = blended(raw, weights, mode, session.stats)
-    decoder = session.load_decoder()
-    images = decoder(z.expand(n, -1), seed=decode.seed, **call_kwargs)
+    pipe = _one_call_pipeline(options, kinds, decode)
+    inputs = {c.kind: c.value for c in conditions}
+    output = pipe(**inputs, weights=weights, mode=mode, num_images=n, seed=decode.seed, **_sampling(decode))
     out = Path(out)
-    record = {
-        "library_version": __version__,
-        **session.describe(),
-        "inputs": {c.kind: c.describe() for c in conditions},
-        "weights": weights,
-        "mode": mode,
-        **decode.record(decoder, session.info.kind),
-        "size": list(images[0].size),
-        "embedding": embedding_report(raw, direction, z, session.stats),
-    }
-    result = Result(record=record)
-    for i, image in enumerate(images):
+    result = Result(record=output.record)
+    for i, image in enumerate(output.images):
         name = f"image_{i:03d}"
         result.files.append(save_png(image, out / f"{name}.png"))
-        sidecar = {"image": f"{name}.png", "index": i, "n": n, "seed": decode.seed + i, **record}
+        sidecar = {"image": f"{name}.png", "index": i, "n": n, "seed": decode.seed + i, **output.record}
         result.files.append(write_json_atomic(out / f"{name}.json", sidecar))
-    result.files.append(save_png(grid(images), out / "grid.png"))
+    result.files.append(save_png(grid(output.images), out / "grid.png"))
     return result
 
 
@@ -175,36 +126,23 @@ def interpolate_images(
 ) -> Result:
     """``frames`` images along the arc from ``start`` to ``end`` (endpoints included), one seed for all."""
     choice(mode, "--mode", MODES)
-    frames = integer(frames, "--frames", low=2, hint="(the two endpoints are always included)")
+    integer(frames, "--frames", low=2, hint="(the two endpoints are always included)")
     duration_ms = integer(duration_ms, "--duration", low=10)
     decode = decode or DecodeOptions()
-    decode.check()
-    session = Session(options, {start.kind, end.kind})
-    call_kwargs = decode.call_kwargs(session.info.kind)
-    a, b = session.encode(start), session.encode(end)
-    directions, z = interpolated(a, b, frames, mode, session.stats)
-    decoder = session.load_decoder()
-    images = decoder(z, seed=[decode.seed] * frames, **call_kwargs)
+    pipe = _one_call_pipeline(options, {start.kind, end.kind}, decode)
+    output = pipe.interpolate(
+        {start.kind: start.value},
+        {end.kind: end.value},
+        frames=frames,
+        mode=mode,
+        seed=decode.seed,
+        **_sampling(decode),
+    )
+    record = {**output.record, "strip": "interpolation.png", "gif": "interpolation.gif", "gif_frame_ms": duration_ms}
     out = Path(out)
-    record = {
-        "library_version": __version__,
-        **session.describe(),
-        "start": {start.kind: start.describe()},
-        "end": {end.kind: end.describe()},
-        "frames": frames,
-        "t": [i / (frames - 1) for i in range(frames)],
-        "mode": mode,
-        "seed": decode.seed,
-        **decode.record(decoder, session.info.kind),
-        "size": list(images[0].size),
-        "embedding": embedding_report({"start": a, "end": b}, directions, z, session.stats),
-        "strip": "interpolation.png",
-        "gif": "interpolation.gif",
-        "gif_frame_ms": duration_ms,
-    }
     files = [
-        save_png(strip(images), out / "interpolation.png"),
-        save_gif(images, out / "interpolation.gif", duration_ms),
+        save_png(strip(output.images), out / "interpolation.png"),
+        save_gif(output.images, out / "interpolation.gif", duration_ms),
         write_json_atomic(out / "interpolation.json", record),
     ]
     return Result(files=files, record=record)

@@ -144,18 +144,25 @@ class Session:
     # ------------------------------------------------------------------------------------------ encode
     def encode(self, condition: Condition) -> torch.Tensor:
         """The raw embedding ``(1, d)`` of one condition, checked against the decoder and the calibration."""
+        return self.encode_value(condition.kind, condition.value, condition.describe())
+
+    def encode_value(self, kind: str, value: Any, label: str) -> torch.Tensor:
+        """:meth:`encode` for any input the space takes: text, an audio path or ``(waveform, rate)``, an image path
+        or a PIL image; ``label`` names it in messages."""
         if self.space is None:
             raise ConfigError("encode() after load_decoder(): the space's towers were freed; encode first.")
+        if kind not in self.space.towers:
+            raise ConfigError(f"this session loaded no {kind} tower (it has {sorted(self.space.towers)}).")
         encoder = {"text": self.space.encode_text, "audio": self.space.encode_audio, "image": self.space.encode_image}
-        z = encoder[condition.kind]([condition.value]).float().cpu()
+        z = encoder[kind]([value]).float().cpu()
         if not bool(torch.isfinite(z).all()):
             raise EmbeddingError(
-                f"the {condition.kind} embedding of {condition.describe()!r} has NaN/inf values; "
+                f"the {kind} embedding of {label!r} has NaN/inf values; "
                 "the encoder overflowed or the input is degenerate — use --dtype fp32 or another input."
             )
         if z.shape[-1] != self.info.embedding_dim:
             raise ConfigError(
-                f"dimension mismatch: the space {self.source} gives {z.shape[-1]}-d {condition.kind} embeddings but "
+                f"dimension mismatch: the space {self.source} gives {z.shape[-1]}-d {kind} embeddings but "
                 f"the {self.info.kind} decoder {self.info.source} takes {self.info.embedding_dim}-d ones; pass the "
                 "decoder this space was trained for (--decoder) or the matching --preset."
             )
