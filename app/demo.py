@@ -1,9 +1,9 @@
 """The Gradio modality-interpolation demo: mix text, audio and an image, see what the decoder makes of the blend.
 
-A thin layer over :mod:`gen_align.pipelines`: inputs become :class:`Condition` s, are encoded by one shared
-:class:`Session` (space and decoder loaded once at startup), blended with :func:`blend` / :func:`interpolate`,
-rescaled with :func:`rescale` and decoded, exactly as ``gen-align generate`` / ``interpolate`` do — only nothing
-is written to disk. Every :class:`GenAlignError` reaches the page as a ``gr.Error`` message.
+A thin layer over :class:`~gen_align.pipelines.pipeline.GenAlignPipeline`: the page's inputs become checked
+:class:`Condition` s and go to one shared pipeline (space and decoder loaded once at startup), exactly as
+``gen-align generate`` / ``interpolate`` do — only nothing is written to disk. Every :class:`GenAlignError`
+reaches the page as a ``gr.Error`` message.
 
 A selector in the page offers the presets whose weights are present (plus the ``--space`` checkpoint); the one the
 command chose is loaded at startup, the others on first use (:class:`ModelPool`, at most ``keep`` loaded at once).
@@ -32,7 +32,8 @@ from gen_align.errors import ConfigError, GenAlignError, InputFileError
 from gen_align.mini import shipped
 from gen_align.pipelines.blend import MODES, validate_weights
 from gen_align.pipelines.decoders import DiffusersDecoder, EmbeddingStats
-from gen_align.pipelines.generate import DecodeOptions, blended, embedding_report, interpolated
+from gen_align.pipelines.generate import DecodeOptions
+from gen_align.pipelines.pipeline import GenAlignOutput, GenAlignPipeline
 from gen_align.pipelines.presence import available_presets, default_preset
 from gen_align.pipelines.render import strip
 from gen_align.pipelines.session import CONDITION_KINDS, Condition, RuntimeOptions, Session, check_condition
@@ -57,20 +58,27 @@ def space_kinds(options: RuntimeOptions) -> tuple[RuntimeOptions, list[str]]:
 
 
 class Models:
-    """The space and decoder, loaded once and shared by every request; encode + decode hold one lock."""
+    """One :class:`GenAlignPipeline` (space and decoder loaded once) shared by every request, behind one lock."""
 
     def __init__(self, options: RuntimeOptions, *, max_audio_seconds: float = 30.0) -> None:
         options, self.kinds = space_kinds(replace(options, progress=True))  # bars feed the page's progress
         self.options = options
         self.name: str = options.space or options.preset  # its entry in the page's selector
         self.max_audio_seconds = max_audio_seconds
-        self.session = Session(options, self.kinds)
-        self.decoder: DiffusersDecoder = self.session.load_decoder(keep_space=True)
+        self.pipe = GenAlignPipeline(Session(options, self.kinds), keep_encoders=True)
         self.lock = threading.Lock()
 
     @property
+    def session(self) -> Session:
+        return self.pipe.session
+
+    @property
+    def decoder(self) -> DiffusersDecoder:
+        return self.pipe.decoder
+
+    @property
     def stats(self) -> EmbeddingStats:
-        return self.session.stats
+        return self.pipe.stats
 
     def condition(self, kind: str, value: Any) -> Condition | None:
         """A checked condition for one input of the page (``None`` when it is empty)."""
@@ -88,16 +96,26 @@ class Models:
         given = (self.condition(k, v) for k, v in zip(CONDITION_KINDS, (text, audio, image), strict=True))
         return [c for c in given if c is not None]
 
-    def encode(self, conditions: list[Condition]) -> dict[str, torch.Tensor]:
-        """Raw embeddings ``{kind: (1, d)}``."""
+    def generate(
+        self, conditions: list[Condition], weights: dict[str, float], mode: str, n: int, options: DecodeOptions
+    ) -> GenAlignOutput:
+        """``n`` images of the blend of ``conditions`` (the pipeline's call, under the lock)."""
+        inputs = {c.kind: c.value for c in conditions}
         with self.lock:
-            return {c.kind: self.session.encode(c) for c in conditions}
+            return self.pipe(**inputs, weights=weights, mode=mode, num_images=n, **_sampling(options))
 
-    def decode(self, z: torch.Tensor, options: DecodeOptions, seeds: int | list[int]) -> list[Image.Image]:
-        """Images of the calibrated embeddings ``z (B, d)``."""
-        kwargs = options.call_kwargs(self.session.info.kind)
+    def interpolate(self, a: Condition, b: Condition, frames: int, mode: str, options: DecodeOptions) -> GenAlignOutput:
+        """``frames`` images from ``a`` to ``b`` (the pipeline's interpolation, under the lock)."""
         with self.lock:
-            return self.decoder(z, seed=seeds, **kwargs)
+            return self.pipe.interpolate(
+                {a.kind: a.value}, {b.kind: b.value}, frames=frames, mode=mode, **_sampling(options)
+            )
+
+
+def _sampling(options: DecodeOptions) -> dict[str, Any]:
+    """The pipeline's sampling arguments from the page's options."""
+    fields = ("seed", "steps", "guidance", "noise_level", "batch_size", "height", "width")
+    return {name: getattr(options, name) for name in fields}
 
 
 def header(models: Models) -> str:
@@ -241,12 +259,9 @@ def run_generate(
     choice(mode, "blend mode", MODES)
     n = _bounded(n, "number of images", 1, MAX_IMAGES)
     options = _decode_options(base, seed, steps, guidance)
-    raw = models.encode(conditions)
-    direction, z = blended(raw, weights, mode, models.stats)
-    images = models.decode(z.expand(n, -1), options, options.seed)
-    report = embedding_report(raw, direction, z, models.stats)
+    output = models.generate(conditions, weights, mode, n, options)
     weights = {k: round(v, 4) for k, v in weights.items()}
-    return images, {"weights": weights, "mode": mode, **report, **models_report(models)}
+    return output.images, {"weights": weights, "mode": mode, **output.record["embedding"], **models_report(models)}
 
 
 def run_interpolate(
@@ -274,18 +289,17 @@ def run_interpolate(
     choice(mode, "interpolation mode", MODES)
     frames = _bounded(frames, "frames", 2, MAX_FRAMES)
     options = _decode_options(base, seed, steps, guidance)
-    a, b = (models.encode([end])[end.kind] for end in ends)  # one call each: A and B may be of one kind
-    directions, z = interpolated(a, b, frames, mode, models.stats)
-    images = models.decode(z, options, [options.seed] * frames)
+    output = models.interpolate(ends[0], ends[1], frames, mode, options)
+    record = output.record
     report = {
-        "start": {ends[0].kind: ends[0].describe()},
-        "end": {ends[1].kind: ends[1].describe()},
-        "t": [round(i / (frames - 1), 4) for i in range(frames)],
+        "start": record["start"],
+        "end": record["end"],
+        "t": [round(t, 4) for t in record["t"]],
         "mode": mode,
-        **embedding_report({"A": a, "B": b}, directions, z, models.stats),
+        **record["embedding"],
         **models_report(models),
     }
-    return strip(images), report
+    return strip(output.images), report
 
 
 def _page_errors(fn: Any) -> Any:

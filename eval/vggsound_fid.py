@@ -367,37 +367,39 @@ def _generate(
 ) -> dict[str, Any]:
     """Encode the inputs of ``missing``, decode them in chunks and save each PNG; returns the models record."""
     from gen_align.pipelines.blend import blend
-    from gen_align.pipelines.calibration import rescale
+    from gen_align.pipelines.generate import CLI_FLAGS
+    from gen_align.pipelines.pipeline import GenAlignPipeline
     from gen_align.pipelines.render import save_png
-    from gen_align.pipelines.session import Condition, Session
+    from gen_align.pipelines.session import Session
 
     kinds = sorted({kind for condition, _, _ in missing for kind in INPUTS[condition]}) or ["text"]
     session = Session(options, kinds)
-    call_kwargs = decode.call_kwargs(session.info.kind)
+    pipe = GenAlignPipeline(session, keep_encoders=False)  # every input is encoded before the decoder loads
+    pipe.argument_names = dict(CLI_FLAGS)
+    sampling = {k: getattr(decode, k) for k in ("steps", "guidance", "noise_level", "height", "width")}
+    decode.call_kwargs(session.info.kind)  # a wrong option fails before any encoding
     config = session.space.config if session.space is not None else {}
     objective = (config.get("training") or {}).get("objective")
     objective = objective.get("name") if isinstance(objective, dict) else objective  # the trainer records a dict
     method = objective or config.get("preset") or Path(session.source).name
     models = {**session.describe(), "method": method}
     embeds: dict[tuple[str, str], torch.Tensor] = {}
-    z_rows = []
+    directions = []
     for condition, _, item in missing:
         raw = {}
         for kind in INPUTS[condition]:
             if (item.id, kind) not in embeds:
-                embeds[(item.id, kind)] = session.encode(Condition(kind, str(item.get(kind))))
+                embeds[(item.id, kind)] = pipe.embed(**{kind: str(item.get(kind))})[kind]
             raw[kind] = embeds[(item.id, kind)]
-        w = weights if condition == "text+audio" else None
-        z_rows.append(rescale(blend(raw, w, mode), session.stats))
-    decoder = session.load_decoder()
-    models["sampling"] = decode.record(decoder, session.info.kind)
+        directions.append(blend(raw, weights if condition == "text+audio" else None, mode))
+    models["sampling"] = pipe.sampling_record(**sampling)
     if write_settings:
         write_json_atomic(out / SETTINGS_FILE, {"settings": settings, "models": models})
     chunk = decode.batch_size or 32
     for start in range(0, len(missing), chunk):
         part = missing[start : start + chunk]
-        z = torch.cat(z_rows[start : start + chunk])
-        images = decoder(z, seed=[decode.seed + index for _, index, _ in part], **call_kwargs)
+        z = torch.cat(directions[start : start + chunk])
+        images = pipe.decode(z, seed=[decode.seed + index for _, index, _ in part], **sampling)
         for (condition, _, item), image in zip(part, images, strict=True):
             save_png(image, out / condition / image_name(item.id))
     return models

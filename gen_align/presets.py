@@ -8,15 +8,18 @@ embedding of ``encode_image`` is the embedding the decoder expects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gen_align.errors import ConfigError
-from gen_align.mini.shipped import MINI_DECODER, MINI_SPACE
+from gen_align.weights import BEATS_AS2M, BEATS_HINT
 
-BEATS_AS2M = "beats/BEATs_iter3_plus_AS2M.pt"
-BEATS_HINT = (
-    f"download BEATs_iter3+ (AS2M) from the microsoft/unilm `beats/` README and save it as $GEN_ALIGN_HOME/{BEATS_AS2M}"
-)
+MINI_WEIGHTS = Path(__file__).resolve().parent / "mini" / "weights"
+"""Package data: the shipped mini preset (written by ``gen-align mini train --ship``)."""
+MINI_SPACE = MINI_WEIGHTS / "space"
+MINI_DECODER = MINI_WEIGHTS / "decoder"
+
+__all__ = ["BEATS_AS2M", "BEATS_HINT", "MINI_DECODER", "MINI_SPACE", "PRESETS", "Preset", "get_preset", "list_presets"]
 
 
 @dataclass(frozen=True)

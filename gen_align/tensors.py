@@ -1,6 +1,6 @@
 """Validation and normalisation of embedding batches shared by objectives, diagnostics and heads.
 
-Contract (DESIGN.md): an embedding batch is ``dict[str, Tensor]`` keyed by modality, each ``(B, d)`` float.
+Contract: an embedding batch is ``dict[str, Tensor]`` keyed by modality, each ``(B, d)`` float.
 Every check raises :class:`~gen_align.errors.EmbeddingError` with a message that says what was wrong and
 how to fix it; one device sync per tensor at most (the row norms are checked, which also catches NaN/inf).
 """

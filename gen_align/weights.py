@@ -19,6 +19,12 @@ from typing import TypeVar
 
 from gen_align.errors import WeightsNotFoundError
 
+BEATS_AS2M = "beats/BEATs_iter3_plus_AS2M.pt"
+"""Where the released BEATs iter3+ AS2M checkpoint lives under ``$GEN_ALIGN_HOME`` (it is not on the hub)."""
+BEATS_HINT = (
+    f"download BEATs_iter3+ (AS2M) from the microsoft/unilm `beats/` README and save it as $GEN_ALIGN_HOME/{BEATS_AS2M}"
+)
+
 T = TypeVar("T")
 
 DEFAULT_HOME = Path("~/.cache/gen-align")

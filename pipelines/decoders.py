@@ -1,6 +1,6 @@
 """The decoder contract and what the unCLIP adapters share: statistics, device/dtype, loading, batching, seeds.
 
-A decoder (DESIGN.md) exposes ``embedding_dim``, the embedding statistics it was trained on (``stats``), and
+A decoder exposes ``embedding_dim``, the embedding statistics it was trained on (``stats``), and
 ``__call__(embeds, *, seed, steps, guidance, …) -> list[PIL.Image]``. ``embeds`` are ``(B, d)`` embeddings at
 the decoder's own scale (blend directions, then :func:`gen_align.pipelines.calibration.rescale`).
 
@@ -12,6 +12,7 @@ size or the image's position in the batch (up to the float differences of batche
 from __future__ import annotations
 
 import abc
+import importlib
 import json
 import math
 import warnings
@@ -181,24 +182,30 @@ def _embedding_dim(kind: str, unet: dict[str, Any]) -> int:
     return int(unet["encoder_hid_dim"])
 
 
+DECODER_CLASSES = {
+    "stable-unclip": "gen_align.pipelines.stable_unclip:StableUnCLIPDecoder",
+    "kandinsky-2.2": "gen_align.pipelines.kandinsky:KandinskyDecoder",
+    "mini": "gen_align.pipelines.mini:MiniDecoder",
+}
+"""The adapter class of each decoder kind, by import path (as diffusers names pipeline classes): this base module
+never imports its subclasses."""
+
+
+def decoder_class(kind: str) -> type[DiffusersDecoder]:
+    """The adapter class registered for ``kind`` in :data:`DECODER_CLASSES`."""
+    if kind not in DECODER_CLASSES:
+        raise ConfigError(f"no decoder adapter for kind {kind!r}; known kinds: {sorted(DECODER_CLASSES)}.")
+    module, _, name = DECODER_CLASSES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def load_decoder(source: str | DecoderInfo, *, weights_dir: str | None = None, **kwargs: Any) -> DiffusersDecoder:
     """The adapter for the pipeline at ``source`` (Stable UnCLIP, Kandinsky 2.2 or mini); ``kwargs`` go to its
     ``from_pretrained`` (device, dtype, offload, attention_slicing, stats, …)."""
     info = source if isinstance(source, DecoderInfo) else inspect_decoder(source, weights_dir=weights_dir)
-    if info.kind == "stable-unclip":
-        from .stable_unclip import StableUnCLIPDecoder
-
-        return StableUnCLIPDecoder.from_pretrained(info.location, weights_dir=weights_dir, **kwargs)
-    if info.kind == "mini":
-        from .mini import MiniDecoder
-
-        return MiniDecoder.from_pretrained(info.location, weights_dir=weights_dir, **kwargs)
-    from .kandinsky import KandinskyDecoder
-
-    return KandinskyDecoder.from_pretrained(info.location, weights_dir=weights_dir, **kwargs)
+    return decoder_class(info.kind).from_pretrained(info.location, weights_dir=weights_dir, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------ shared base
 class DiffusersDecoder(abc.ABC):
     """A diffusers unCLIP pipeline behind the :class:`Decoder` contract; subclasses implement ``_generate``."""
 

@@ -274,6 +274,36 @@ class GenAlignPipeline:
         self.space  # noqa: B018 - a one-call pipeline that has decoded says so here
         return {kind: self.session.encode_value(kind, value, _label(kind, value)) for kind, value in given.items()}
 
+    def decode(self, embeds: torch.Tensor, *, seed: int | list[int] = 0, **sampling: Any) -> list[Image.Image]:
+        """Images of ``(B, d)`` embeddings or directions, each rescaled to the decoder's calibrated norm first.
+
+        Args:
+            embeds: one row per image (e.g. blends of many items, as the FID harness makes).
+            seed: the first seed (row ``i`` gets ``seed + i``) or one seed per row.
+            sampling: ``steps``, ``guidance``, ``noise_level``, ``batch_size``, ``height``, ``width``.
+
+        Returns:
+            the PIL images, in row order.
+        """
+        options = self._options(seed if isinstance(seed, int) else 0, sampling)
+        return self.decoder(
+            rescale(embeds, self.stats), seed=seed, **options.call_kwargs(self.session.info.kind, self.argument_names)
+        )
+
+    def sampling_record(self, **sampling: Any) -> dict[str, Any]:
+        """The steps and guidance (and noise level) a call with ``sampling`` uses, for provenance records."""
+        return self._options(0, sampling).record(self.decoder, self.session.info.kind)
+
+    def _options(self, seed: int, sampling: Mapping[str, Any]) -> DecodeOptions:
+        unknown = sorted(set(sampling) - {"steps", "guidance", "noise_level", "batch_size", "height", "width"})
+        if unknown:
+            raise ConfigError(
+                f"unknown sampling options {unknown}; use steps, guidance, noise_level, batch_size, height or width."
+            )
+        options = replace(DecodeOptions(seed=seed), **sampling)
+        options.check(self.argument_names)
+        return options
+
     # --------------------------------------------------------------------------------------- generation
     def __call__(
         self,
@@ -352,11 +382,7 @@ class GenAlignPipeline:
         names = self.argument_names
         choice(mode, names["mode"], MODES)
         frames = integer(frames, names["frames"], low=2, hint="(the two endpoints are always included)")
-        unknown = sorted(set(sampling) - {"steps", "guidance", "noise_level", "batch_size", "height", "width"})
-        if unknown:
-            raise ConfigError(f"interpolate() got unknown sampling options {unknown}.")
-        decode = replace(DecodeOptions(seed=seed), **sampling)
-        decode.check(names)
+        decode = self._options(seed, sampling)
         call_kwargs = decode.call_kwargs(self.session.info.kind, names)
         endpoints = []
         for name, spec in (("start", start), ("end", end)):

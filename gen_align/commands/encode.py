@@ -6,7 +6,7 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen_align.data.encode import encode_manifest
+    from gen_align.feature_extraction import encode_manifest
 
     summary = encode_manifest(
         args.manifest,

@@ -21,8 +21,7 @@ from gen_align.encoders.beats import BEATs, BEATsConfig, load_beats
 from gen_align.encoders.beats_clips import BEATsEncoder
 from gen_align.errors import CheckpointError
 from gen_align.io import write_json_atomic
-from gen_align.presets import BEATS_HINT
-from gen_align.weights import load_from_source
+from gen_align.weights import BEATS_HINT, load_from_source
 
 
 def load_beats_source(path: str | os.PathLike) -> BEATs:

@@ -191,7 +191,7 @@ class MiniBuild:
         space.save_pretrained(self.paths.base_space, save_towers=True)
 
     def features(self) -> None:
-        from gen_align.data.encode import encode_manifest
+        from gen_align.feature_extraction import encode_manifest
 
         for split in ("train", "test"):
             encode_manifest(
