@@ -64,6 +64,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_safetensors_atomic(
+    path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None
+) -> Path:
+    """A safetensors file of ``tensors`` (moved to the CPU, made contiguous) written with :func:`write_bytes_atomic`:
+    every weight file gen-align writes goes through here, so a crash or a full disk never leaves half a file."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return write_bytes_atomic(path, data, hint="free disk space and run the command again")
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """JSON (indented, UTF-8) written with :func:`write_text_atomic`."""
     return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from gen_align.errors import CheckpointError, WeightsNotFoundError
-from gen_align.io import write_bytes_atomic, write_json_atomic
+from gen_align.io import write_json_atomic, write_safetensors_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -27,12 +27,9 @@ WEIGHTS_NAME = "model.safetensors"
 
 def save_module(directory: str | os.PathLike, module: nn.Module, config: dict[str, Any]) -> Path:
     """Write ``module``'s state dict and ``config`` (which holds at least ``format``) into ``directory``."""
-    from safetensors.torch import save
-
     directory = Path(directory)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {k: str(config[k]) for k in ("format", "kind") if k in config}
-    write_bytes_atomic(directory / WEIGHTS_NAME, save(tensors, metadata=metadata))
+    write_safetensors_atomic(directory / WEIGHTS_NAME, module.state_dict(), metadata)
     write_json_atomic(directory / CONFIG_NAME, config)
     return directory
 

@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from gen_align import __version__
 from gen_align.errors import ConfigError, EmbeddingError, InputFileError, WeightsNotFoundError
 from gen_align.heads import HeadConfig, ProjectionHead
-from gen_align.io import write_json_atomic
+from gen_align.io import write_json_atomic, write_safetensors_atomic
 from gen_align.presets import PRESETS, get_preset
 
 CONFIG_NAME = "config.json"
@@ -76,8 +76,26 @@ class AlignedSpace(nn.Module):
     ) -> AlignedSpace:
         """Load a checkpoint directory (``config.json`` + ``heads.safetensors``) or a preset by name.
 
-        ``modalities`` restricts which towers are loaded (default: all in the config); a preset without a
-        checkpoint has no trained heads, so its text embeddings are CLIP's own and audio is unavailable.
+        Args:
+            path_or_preset: a space directory (``gen-align train``'s ``OUT/space``) or a preset name
+                (:func:`gen_align.presets.list_presets`). A preset without a checkpoint has no trained heads: its
+                text embeddings are CLIP's own and audio is unavailable.
+            modalities: the towers to load (default: all in the config; ``[]`` reads the config only).
+            weights_dir: where local tower weights live (default ``$GEN_ALIGN_HOME``, then the hub).
+            device, dtype: where and in what precision the towers run.
+
+        Returns:
+            the space, in eval mode, without gradients.
+
+        Raises:
+            InputFileError: a directory that is not a space. ConfigError: an unknown preset or modality.
+            WeightsNotFoundError / CheckpointError: missing or unreadable weights (the message says where to get them).
+
+        Example:
+            >>> from gen_align import AlignedSpace
+            >>> space = AlignedSpace.from_pretrained("mini")
+            >>> space.encode_text(["a small red star on stripes"]).shape
+            torch.Size([1, 64])
         """
         path = Path(path_or_preset)
         if (path / CONFIG_NAME).is_file():
@@ -120,7 +138,17 @@ class AlignedSpace(nn.Module):
         return space.to(device=device, dtype=dtype) if device is not None or dtype is not None else space
 
     def save_pretrained(self, directory: str | os.PathLike, *, save_towers: bool = False) -> Path:
-        """Write ``config.json`` + ``heads.safetensors`` (and, with ``save_towers``, every loaded tower)."""
+        """Write ``config.json`` + ``heads.safetensors`` (and, with ``save_towers``, every loaded tower) atomically.
+
+        Args:
+            directory: the target folder (created). save_towers: also write the towers, so the folder loads alone.
+
+        Returns:
+            ``directory``; :meth:`from_pretrained` reads it back.
+
+        Raises:
+            OutputError: the folder cannot be written (a full disk leaves no half-written file).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = json.loads(json.dumps(self.config))
@@ -240,9 +268,9 @@ def write_space_checkpoint(directory: str | os.PathLike, config: dict[str, Any],
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {**config, "format": FORMAT, "library_version": __version__}
-    tensors = {f"{m}.{k}": v.detach().cpu().contiguous() for m, h in heads.items() for k, v in h.state_dict().items()}
+    tensors = {f"{m}.{k}": v for m, h in heads.items() for k, v in h.state_dict().items()}
     if tensors:
-        save_file(tensors, str(directory / HEADS_NAME), metadata={"format": FORMAT})
+        write_safetensors_atomic(directory / HEADS_NAME, tensors, metadata={"format": FORMAT})
     write_json_atomic(directory / CONFIG_NAME, config)
     return directory
 

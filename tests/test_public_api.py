@@ -89,10 +89,15 @@ def test_one_call_pipeline_frees_its_encoders_and_says_so():
         one(text="again", num_images=1, steps=1)
 
 
-def test_docstring_examples_run():
-    import gen_align.pipelines.pipeline as module
+@pytest.mark.parametrize(
+    "module",
+    ["gen_align.pipelines.pipeline", "gen_align.space", "gen_align.objectives.registry", "gen_align.retrieval.metrics"],
+)
+def test_docstring_examples_run(module):
+    """The examples in the public entry points' docstrings run (doctest) and print what they show."""
+    import importlib
 
-    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    failures, tried = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
 
 

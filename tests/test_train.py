@@ -305,3 +305,16 @@ def test_gram_trains_its_temperature_and_records_it(features, tmp_path, monkeypa
     assert Trainer(killed).fit(resume=True)["objective"]["learned_tau"] == record["learned_tau"]
     fixed = Trainer(config(tmp_path / "f", features, objective="gram", max_steps=2, learnable_tau=False)).fit()
     assert "learned_tau" not in fixed["objective"] and fixed["objective"]["tau"] == 0.07
+
+
+def test_the_shared_schedule_is_linear_warmup_then_half_cosine():
+    import math
+
+    from gen_align.train.schedule import warmup_schedule
+
+    f = warmup_schedule(4, 14)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    for step in range(4, 20):
+        expected = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 4) / 10)))
+        assert f(step) == pytest.approx(expected, abs=1e-15)
+    assert f(14) == pytest.approx(0.0, abs=1e-15) and warmup_schedule(0, 10, "constant")(7) == 1.0

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from gen_align.encoders.audio_io import load_audio
 from gen_align.encoders.beats import BEATs, BEATsConfig, load_beats
 from gen_align.encoders.beats_clips import BEATsEncoder
 from gen_align.errors import CheckpointError
-from gen_align.io import write_json_atomic
+from gen_align.io import write_json_atomic, write_safetensors_atomic
 from gen_align.weights import BEATS_HINT, load_from_source
 
 
@@ -78,7 +78,7 @@ class BEATsTower(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         # clone: the relative-position table is shared by all layers, listed under each (official layout)
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
+        write_safetensors_atomic(directory / "model.safetensors", state)
         write_json_atomic(directory / "config.json", self.model.cfg.to_dict())
         return {
             "kind": self.kind,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from gen_align.checks import integer, non_negative, positive
 from gen_align.errors import CheckpointError, ConfigError, GenAlignError
 from gen_align.io import write_bytes_atomic
+from gen_align.train.schedule import warmup_schedule
 
 STATE_FILE = "fit_state.pt"
 
@@ -88,7 +88,7 @@ def fit(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(settings.warmup, settings.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(settings.warmup, settings.steps))
     ema = copy.deepcopy(model).requires_grad_(False).eval() if settings.ema_decay else None
     generator = torch.Generator().manual_seed(settings.seed)
     order, cursor, step = torch.randperm(num_items, generator=generator), 0, 0
@@ -155,16 +155,6 @@ def fit(
     bar.close()
     model.eval()
     return ema if ema is not None else model
-
-
-def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 @torch.no_grad()

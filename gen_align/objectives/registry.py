@@ -201,10 +201,31 @@ def _resolve_unialign(defaults: dict[str, Any], hparams: dict[str, Any]) -> dict
 
 
 def get_objective(name: str, **hparams: Any) -> Objective:
-    """Configured training objective by registry name ("unialign", "unialign-geodesic", "infonce", "gram",
-    "geo-ot"); ``hparams`` override the defaults and are validated by name. UniAlign takes ``task=
-    "generation"|"retrieval"`` (λ_vol 0.1 or 1 unless ``lambda_vol`` is given); GRAM's ``learnable_tau``
-    gives the objective a trainable temperature initialised at ``tau``."""
+    """A configured training objective by registry name.
+
+    Args:
+        name: "unialign", "unialign-geodesic", "infonce", "gram" or "geo-ot" (:func:`list_objectives`).
+        hparams: overrides of the defaults, validated by name and value. UniAlign takes ``task="generation" |
+            "retrieval"`` (λ_vol 0.1 or 1 unless ``lambda_vol`` is given); GRAM's ``learnable_tau`` gives the
+            objective a trainable temperature (``Objective.state``) initialised at ``tau``.
+
+    Returns:
+        an :class:`Objective`: ``objective(z_dict) -> (loss, logs)``.
+
+    Raises:
+        ConfigError: an unknown name or hyperparameter, or a bad value.
+
+    Example:
+        >>> import torch
+        >>> from gen_align.objectives import get_objective
+        >>> objective = get_objective("unialign", task="retrieval")
+        >>> objective.hparams["lambda_vol"], objective.hparams["tau"]
+        (1.0, 0.07)
+        >>> z = {m: torch.randn(8, 16) for m in ("image", "text", "audio")}
+        >>> loss, logs = objective(z)
+        >>> sorted(k for k in logs if "/" not in k)
+        ['alignment', 'centroid_uniformity', 'uniformity', 'volume']
+    """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown objective {name!r}; choose one of {sorted(_REGISTRY)}.")
     fn, defaults, _ = _REGISTRY[name]

@@ -225,10 +225,28 @@ def retrieval_metrics(
     chunk_size: int = 1024,
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
-    """R@k (percent), MdR, MnR and mAP (percent) of a retrieval; arguments as in :func:`query_ranks`.
+    """R@k (percent), MdR, MnR and mAP (percent) of a retrieval.
 
     R@k = 100 · mean_i [rank_i ≤ k]; MdR = median_i rank_i (mean of the two middle ranks for even Q);
     MnR = mean_i rank_i; mAP = 100 · mean_i AP_i. Ranks follow the pessimistic tie rule of the module.
+
+    Args:
+        sim: (Q, G) scores, higher is better (or a row scorer, as in :func:`query_ranks`).
+        gt: the positives of each query (default: query i ↔ gallery item i).
+        num_queries, chunk_size: with a row scorer, how many queries and how many rows per block.
+        ks: the k of R@k.
+
+    Returns:
+        ``{"R@1", "R@5", "R@10", "MdR", "MnR", "mAP", "queries"}``.
+
+    Raises:
+        ConfigError: bad ks or ground truth. EmbeddingError: NaN scores or a wrong shape.
+
+    Example:
+        >>> import torch
+        >>> from gen_align.retrieval import retrieval_metrics
+        >>> retrieval_metrics(torch.eye(4) + 0.1, ks=(1,))["R@1"]
+        100.0
     """
     ks = [integer(k, "k in ks") for k in ks]
     ranks, aps = query_ranks(sim, gt, num_queries=num_queries, chunk_size=chunk_size)

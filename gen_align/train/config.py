@@ -21,10 +21,10 @@ from gen_align.checks import choice, integer, non_negative, positive
 from gen_align.errors import ConfigError, InputFileError
 from gen_align.heads import HEAD_KINDS
 from gen_align.objectives.registry import OBJECTIVES_VERSION, get_objective, list_objectives
+from gen_align.train.schedule import SCHEDULES
 
 PRECISIONS = ("no", "bf16", "fp16")
 MODES = ("features", "end-to-end")
-SCHEDULES = ("cosine", "constant")
 
 
 @dataclass

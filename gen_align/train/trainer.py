@@ -10,7 +10,6 @@ an uninterrupted run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -28,6 +27,7 @@ from gen_align.objectives.registry import Objective, get_objective
 from gen_align.space import AlignedSpace, write_space_checkpoint
 from gen_align.train.config import TrainConfig, check_objectives_version
 from gen_align.train.features import FeatureData, ManifestData
+from gen_align.train.schedule import warmup_schedule
 from gen_align.train.validation import validation_metrics
 
 STATE_NAME = "trainer_state.json"
@@ -41,20 +41,6 @@ def build_heads(config: TrainConfig, dims: dict[str, int], anchor: str) -> dict[
         for m in dims
         if m != anchor
     }
-
-
-def lr_lambda(warmup: int, total: int, schedule: str):  # noqa: ANN201 - a closure for LambdaLR
-    """Linear warm-up, then cosine decay to 0 (or constant) over ``total`` steps."""
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 class EndToEndModel(nn.Module):
@@ -179,7 +165,7 @@ class Trainer:
             groups.append({"params": tower_params, "lr": config.tower_lr or config.lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(config.warmup_steps, self.total_steps, config.schedule)
+            optimizer, warmup_schedule(config.warmup_steps, self.total_steps, config.schedule)
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.objective = objective
