@@ -187,6 +187,7 @@ class GenAlignPipeline:
         attention_slicing: bool = False,
         progress: bool = True,
         keep_encoders: bool = True,
+        stats: EmbeddingStats | None = None,
     ) -> GenAlignPipeline:
         """Load a preset (``"mini"``, ``"stable-unclip-h"``, ``"kandinsky-2.2"``) or a trained space directory,
         with its decoder and calibration.
@@ -201,6 +202,7 @@ class GenAlignPipeline:
             offload: model CPU offload (CUDA only). attention_slicing: sliced attention (less GPU memory).
             progress: show the decoder's progress bar.
             keep_encoders: keep the towers loaded beside the decoder (False: one call, least memory).
+            stats: a calibration (the decoder's mean embedding norm) in place of the space's or the preset's.
 
         Returns:
             the pipeline, ready to call.
@@ -230,6 +232,7 @@ class GenAlignPipeline:
             offload=offload,
             attention_slicing=attention_slicing,
             progress=progress,
+            stats=stats,
         )
         return cls(Session(options, kinds), keep_encoders=keep_encoders)
 

@@ -50,6 +50,7 @@ class RuntimeOptions:
     offload: bool = False
     attention_slicing: bool = False
     progress: bool = True
+    stats: EmbeddingStats | None = None  # a calibration in place of the space's or the preset's
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Session:
                 f"the space {self.source} names no preset or decoder; pass --decoder PATH_OR_HUB_ID "
                 "(e.g. stabilityai/stable-diffusion-2-1-unclip)."
             )
-        self.stats: EmbeddingStats = find_stats(
+        self.stats: EmbeddingStats = options.stats or find_stats(
             _ConfigOnly(config), weights_dir=options.weights_dir, checkpoint=options.space
         )
         self.info: DecoderInfo = inspect_decoder(decoder, weights_dir=options.weights_dir)

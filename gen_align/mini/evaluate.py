@@ -88,14 +88,14 @@ def _pixels(images: list[Image.Image]) -> torch.Tensor:
 def evaluate(options: EvalOptions) -> dict[str, Any]:
     """Run the whole evaluation; returns the JSON record (also written with the table and the sample grid)."""
     from gen_align.pipelines.blend import blend
-    from gen_align.pipelines.calibration import rescale
-    from gen_align.pipelines.decoders import EmbeddingStats, load_decoder
+    from gen_align.pipelines.decoders import EmbeddingStats
+    from gen_align.pipelines.pipeline import GenAlignPipeline
     from gen_align.space import AlignedSpace
 
     from .classifier import AttributeClassifier
 
     paths = MiniPaths(Path(options.work))
-    needed = [paths.manifest("test"), paths.features("test"), paths.decoder, paths.classifier]
+    needed = [paths.manifest("test"), paths.features("test"), paths.base_space, paths.decoder, paths.classifier]
     if not all(p.exists() for p in needed):
         raise InputFileError(
             f"{paths.work} is not a finished mini-world run (missing {[str(p) for p in needed if not p.exists()]}); "
@@ -111,15 +111,19 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     classifier = AttributeClassifier.from_pretrained(paths.classifier)
     scorer = _Scorer(classifier, reference, truth)
     norm = float(features["image"].norm(dim=-1).mean())
-    decoder = load_decoder(str(paths.decoder), device="cpu", stats=EmbeddingStats(norm), progress=False)
+    # decode only (the embeddings come from the feature cache through each objective's heads): no tower is loaded
+    pipe = GenAlignPipeline.from_pretrained(
+        paths.base_space, decoder=str(paths.decoder), modalities=[], device="cpu", progress=False,
+        stats=EmbeddingStats(norm),
+    )  # fmt: skip
+    decoder = pipe.decoder
     sampling = {"steps": options.steps, "guidance": options.guidance, "batch_size": options.batch_size}
 
     def decode(z: torch.Tensor, seed: int, desc: str) -> torch.Tensor:
-        z = rescale(z, decoder.stats)
         out = []
         for start in tqdm(range(0, len(z), options.batch_size), desc=desc, disable=not options.progress):
             seeds = [1000 * seed + i for i in range(start, min(start + options.batch_size, len(z)))]
-            out += decoder(
+            out += pipe.decode(
                 z[start : start + options.batch_size], seed=seeds, steps=options.steps, guidance=options.guidance
             )
         return _pixels(out)
