@@ -25,7 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gen_align import __version__
-from gen_align.errors import ConfigError, EmbeddingError, InputFileError, WeightsNotFoundError
+from gen_align.encoders.towers import check_tower_config, tower_class
+from gen_align.errors import ConfigError, EmbeddingError, GenAlignError, InputFileError, WeightsNotFoundError
 from gen_align.heads import HeadConfig, ProjectionHead
 from gen_align.io import write_json_atomic, write_safetensors_atomic
 from gen_align.presets import PRESETS, get_preset
@@ -35,22 +36,12 @@ HEADS_NAME = "heads.safetensors"
 FORMAT = "gen-align-space"
 
 
-def build_tower(cfg: dict[str, Any], base_dir: str | os.PathLike | None, weights_dir: str | None) -> nn.Module:
-    """The frozen tower described by ``cfg['kind']`` (``clip-vision``, ``clip-text``, ``beats``)."""
-    kind = cfg.get("kind")
-    if kind == "clip-vision":
-        from gen_align.encoders.clip import CLIPVisionTower
-
-        return CLIPVisionTower.from_config(cfg, base_dir, weights_dir)
-    if kind == "clip-text":
-        from gen_align.encoders.clip import CLIPTextTower
-
-        return CLIPTextTower.from_config(cfg, base_dir, weights_dir)
-    if kind == "beats":
-        from gen_align.encoders.beats_tower import BEATsTower
-
-        return BEATsTower.from_config(cfg, base_dir, weights_dir)
-    raise ConfigError(f"unknown tower kind {kind!r}; expected 'clip-vision', 'clip-text' or 'beats'.")
+def build_tower(
+    cfg: dict[str, Any], base_dir: str | os.PathLike | None, weights_dir: str | None, modality: str = "tower"
+) -> nn.Module:
+    """The frozen tower described by ``cfg['kind']`` (:data:`gen_align.encoders.towers.TOWER_CLASSES`)."""
+    check_tower_config(modality, cfg)
+    return tower_class(cfg.get("kind")).from_config(cfg, base_dir, weights_dir)
 
 
 class AlignedSpace(nn.Module):
@@ -130,7 +121,7 @@ class AlignedSpace(nn.Module):
         unknown = sorted(set(wanted) - set(config["towers"]))
         if unknown:
             raise ConfigError(f"this space has no tower for {unknown}; it has {sorted(config['towers'])}.")
-        towers = {m: build_tower(config["towers"][m], base_dir, weights_dir) for m in wanted}
+        towers = {m: build_tower(config["towers"][m], base_dir, weights_dir, m) for m in wanted}
         heads = {m: ProjectionHead(HeadConfig(**config["heads"][m])) for m in config["heads"] if m in wanted}
         if heads:
             _load_heads(heads, path / HEADS_NAME)
@@ -280,13 +271,46 @@ def _read_config(path: Path) -> dict[str, Any]:
         config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise InputFileError(f"cannot read {path / CONFIG_NAME}: {err}") from err
+    if not isinstance(config, dict):
+        raise InputFileError(
+            f"{path / CONFIG_NAME} holds {type(config).__name__}, not a gen-align space config object."
+        )
     missing = [k for k in ("anchor", "embedding_dim", "towers", "heads") if k not in config]
     if config.get("format") != FORMAT or missing:
         raise InputFileError(
             f"{path / CONFIG_NAME} is not a gen-align space config "
             f"(format={config.get('format')!r}, missing keys {missing})."
         )
+    check_space_config(config, where=str(path / CONFIG_NAME))
     return config
+
+
+def check_space_config(config: dict[str, Any], where: str) -> None:
+    """Types of a space config, key by key (ConfigError naming the key, the value and what it takes)."""
+    if not isinstance(config["anchor"], str) or not config["anchor"]:
+        raise ConfigError(f"anchor in {where} must be a modality name such as 'image', got {config['anchor']!r}.")
+    dim = config["embedding_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ConfigError(f"embedding_dim in {where} must be a positive integer (e.g. 1024), got {dim!r}.")
+    norm = config.get("output_norm")
+    if norm is not None and (isinstance(norm, bool) or not isinstance(norm, int | float) or not norm > 0):
+        raise ConfigError(f"output_norm in {where} must be a positive number or null, got {norm!r}.")
+    for key in ("towers", "heads"):
+        if not isinstance(config[key], dict):
+            raise ConfigError(f"{key} in {where} must be an object {{modality: config}}, got {config[key]!r}.")
+    for modality, tower in config["towers"].items():
+        check_tower_config(modality, tower, where, complete=False)  # `source` is checked when the tower is built
+    for modality, head in config["heads"].items():
+        if not isinstance(head, dict):
+            raise ConfigError(f"heads.{modality} in {where} must be an object of head settings, got {head!r}.")
+        try:
+            HeadConfig(**head)
+        except TypeError as err:
+            raise ConfigError(
+                f"heads.{modality} in {where}: {err}; valid keys: {sorted(HeadConfig.__dataclass_fields__)}."
+            ) from err
+        except GenAlignError as err:
+            raise ConfigError(f"heads.{modality} in {where}: {err}") from err
 
 
 def _load_heads(heads: dict[str, ProjectionHead], file: Path) -> None:

@@ -163,3 +163,41 @@ def test_audio_without_head_or_tower_is_refused(unclip_home, tmp_path):
     space = AlignedSpace.from_pretrained(write_space_config(tmp_path / "f", "stable-unclip-h"), weights_dir=home)
     with pytest.raises(ConfigError, match="no audio tower loaded"):
         space.encode_audio([(np.zeros(16000, dtype=np.float32), 16000)])
+
+
+# ----------------------------------------------------------------------------- typed configs (issue 15)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda c: c["towers"]["audio"].update(window_seconds="ten"),
+            r"towers.audio.window_seconds .* must be a number",
+        ),
+        (lambda c: c.update(embedding_dim="sixty-four"), r"embedding_dim .* must be a positive integer"),
+        (lambda c: c.update(heads=["audio"]), r"heads .* must be an object"),
+        (lambda c: c["towers"]["audio"].update(window_second=10), r"unknown key\(s\) \['window_second'\]"),
+        (lambda c: c["towers"]["text"].update(kind="clip-txt"), r"towers.text.kind .* expected one of"),
+        (lambda c: c["towers"]["image"].pop("source"), r"towers.image \(clip-vision\) .* needs 'source'"),
+        (lambda c: c["heads"]["audio"].update(in_dim="ninety-six"), r"heads.audio .* in_dim must be an integer"),
+        (lambda c: c["heads"]["text"].update(depth=3), r"heads.text .*unexpected keyword.*valid keys"),
+        (lambda c: c.update(output_norm=-1.0), r"output_norm .* positive number or null"),
+    ],
+)
+def test_wrongly_typed_space_configs_are_refused_with_the_key(tmp_path, edit, message):
+    import shutil
+
+    from gen_align.cli import main
+    from gen_align.mini.shipped import MINI_SPACE
+
+    space = tmp_path / "space"
+    shutil.copytree(MINI_SPACE, space)
+    config = json.loads((space / "config.json").read_text())
+    edit(config)
+    (space / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=message):
+        AlignedSpace.from_pretrained(space)
+    # a tower that is never built may lack its source (generate --text builds no image tower); anything else: exit 2
+    expected = 0 if "needs 'source'" in message else 2
+    assert main(["generate", "--space", str(space), "--text", "a star", "--out", str(tmp_path / "out")]) == expected
