@@ -27,43 +27,70 @@ missing clips, missing captions, unreadable / video-only / audio-only / silent c
 Re-running skips items whose frame and audio already exist and are readable (all writes are atomic).
 ``workers > 1`` decodes in spawned processes: call :func:`prepare_vggsound` from under ``if __name__ == "__main__":``
 in a script (the ``gen-align`` command does).
+
+This module prepares the dataset; its parts live beside it and are re-exported here: ``vggsound_csv`` (the official
+list and the test selection), ``clip_index`` (the folder of clips), ``captions`` (caption files).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
-import re
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from gen_align.checks import choice, integer, non_negative, positive
+from gen_align.data.captions import DEFAULT_TEMPLATE, Captions, read_captions
+from gen_align.data.clip_index import CLIP_SECONDS, VIDEO_SUFFIXES, ClipIndex, index_clips, parse_clip_name
 from gen_align.data.manifest import ManifestItem, write_manifest
+from gen_align.data.vggsound_csv import (
+    CSV_HINT,
+    SELECTION_RULE,
+    SPLITS,
+    TEST_SIZE,
+    VGGSoundRow,
+    clip_id,
+    read_test_ids,
+    read_vggsound_csv,
+    select_test_ids,
+    write_test_ids,
+)
 from gen_align.data.video_io import IMAGE_FORMATS, JPEG_QUALITY, ClipError, RenderedClip, try_render_clip
 from gen_align.errors import ConfigError, InputFileError
 from gen_align.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-DEFAULT_TEMPLATE = "the sound of {label}"
-TEST_SIZE = 1024
-SPLITS = ("train", "test")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm")  # also the preference order when one clip exists in several files
-CLIP_SECONDS = 10
+__all__ = [
+    "CLIP_SECONDS",
+    "CSV_HINT",
+    "DEFAULT_TEMPLATE",
+    "EXCLUSION_REASONS",
+    "SELECTION_RULE",
+    "SPLITS",
+    "TEST_SIZE",
+    "VIDEO_SUFFIXES",
+    "Captions",
+    "ClipIndex",
+    "VGGSoundRow",
+    "clip_id",
+    "index_clips",
+    "parse_clip_name",
+    "prepare_vggsound",
+    "read_captions",
+    "read_test_ids",
+    "read_vggsound_csv",
+    "select_test_ids",
+    "write_test_ids",
+]
+
 SAMPLE_RATE = 16000
 SHORT_TOLERANCE = 0.1  # seconds: audio shorter than `seconds` by more than this is listed as short
-SELECTION_RULE = "official test-split ids ranked by sha256(id).hexdigest() (ties by id); the first n"
-CSV_HINT = (
-    "The official file (https://www.robots.ox.ac.uk/~vgg/data/vggsound/vggsound.csv) has no header and 4 columns: "
-    "YouTube id, start second, label, split (train/test), e.g. ---g-f_I2yQ,1,people marching,test"
-)
 EXCLUSION_REASONS = (
     "duplicate_row",
     "missing_clip",
@@ -73,330 +100,7 @@ EXCLUSION_REASONS = (
     "no_audio",
     "silent_audio",
 )
-_YTID = re.compile(r"[A-Za-z0-9_-]+")
-_DIGITS = re.compile(r"[0-9]+")
 _SETTINGS_FILE = "decode_settings.json"
-
-
-@dataclass(frozen=True)
-class VGGSoundRow:
-    """One row of the official CSV (``line`` is its line number, for messages)."""
-
-    ytid: str
-    start: int
-    label: str
-    split: str
-    line: int = 0
-
-    @property
-    def id(self) -> str:
-        return clip_id(self.ytid, self.start)
-
-
-@dataclass
-class ClipIndex:
-    """Clips found under a folder: ``paths`` maps an id to its file; ``duplicates`` lists the other files found for an
-    id (not used); ``unmatched`` the video files whose names match no wanted id; ``scanned`` counts video files."""
-
-    root: Path
-    paths: dict[str, Path] = field(default_factory=dict)
-    duplicates: dict[str, list[Path]] = field(default_factory=dict)
-    unmatched: list[Path] = field(default_factory=list)
-    scanned: int = 0
-
-
-@dataclass
-class Captions:
-    """Captions matched to wanted ids, with what could not be used."""
-
-    path: Path
-    texts: dict[str, str] = field(default_factory=dict)
-    entries: int = 0
-    unmatched: list[str] = field(default_factory=list)
-    duplicates: int = 0
-    empty: int = 0
-
-
-def clip_id(ytid: str, start: int) -> str:
-    """The VGGSound item id ``{ytid}_{start:06d}``."""
-    return f"{ytid}_{int(start):06d}"
-
-
-# -------------------------------------------------------------------------------------------------------------- CSV
-
-
-def read_vggsound_csv(path: str | os.PathLike) -> list[VGGSoundRow]:
-    """Parse the official CSV (a header line, if present, is skipped); :class:`InputFileError` names the bad line."""
-    path = Path(path)
-    text = _read_text(path, "VGGSound CSV", CSV_HINT)
-    rows: list[VGGSoundRow] = []
-    reader = csv.reader(io.StringIO(text))
-    seen_first = False
-    for fields in reader:
-        line = reader.line_num
-        fields = [f.strip() for f in fields]
-        if not any(fields):
-            continue
-        if not seen_first:
-            seen_first = True
-            if not _is_int(fields[1:2]):
-                continue  # a header line such as "# YouTube ID, start seconds, label, train/test split"
-        if len(fields) != 4:
-            raise InputFileError(f"{path}, line {line}: {len(fields)} columns ({fields!r}), expected 4. {CSV_HINT}")
-        ytid, start, label, split = fields
-        if not _YTID.fullmatch(ytid):
-            raise InputFileError(
-                f"{path}, line {line}: YouTube id {ytid!r} may only contain letters, digits, '-' and '_'. {CSV_HINT}"
-            )
-        if not _is_int([start]) or float(start) < 0:
-            raise InputFileError(f"{path}, line {line}: start second {start!r} is not a whole number >= 0. {CSV_HINT}")
-        if split.lower() not in SPLITS:
-            raise InputFileError(f"{path}, line {line}: split {split!r} must be 'train' or 'test'. {CSV_HINT}")
-        if not label:
-            raise InputFileError(f"{path}, line {line}: the label is empty; every row needs its class label.")
-        rows.append(VGGSoundRow(ytid, int(float(start)), label, split.lower(), line))
-    if not rows:
-        raise InputFileError(f"{path} holds no rows. {CSV_HINT}")
-    return rows
-
-
-def _is_int(values: list[str]) -> bool:
-    if len(values) != 1:
-        return False
-    try:
-        return float(values[0]).is_integer()
-    except ValueError:
-        return False
-
-
-def _read_text(path: Path, what: str, hint: str) -> str:
-    if not path.exists():
-        raise InputFileError(f"{what} {path} does not exist; check the path (relative to {Path.cwd()}). {hint}")
-    if path.is_dir():
-        raise InputFileError(f"{what} {path} is a directory; pass the file. {hint}")
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputFileError(f"could not read {what} {path}: {err}. It must be a UTF-8 text file. {hint}") from err
-
-
-# ---------------------------------------------------------------------------------------------------- test selection
-
-
-def select_test_ids(csv_rows: Iterable[VGGSoundRow | tuple], n: int = TEST_SIZE) -> list[str]:
-    """The test set: the official test-split ids ranked by ``sha256(id).hexdigest()`` (ties by id), the first ``n``.
-
-    ``csv_rows`` are :class:`VGGSoundRow` or ``(ytid, start, label, split)`` tuples. The result depends only on the
-    CSV, never on which clips are present; fewer than ``n`` ids are returned if the CSV has fewer test ids.
-    """
-    n = integer(n, "test size", 0, "The paper uses 1024 test videos.")
-    ids = {_as_row(row).id for row in csv_rows if _as_row(row).split == "test"}
-    return sorted(ids, key=lambda i: (hashlib.sha256(i.encode("utf-8")).hexdigest(), i))[:n]
-
-
-def write_test_ids(csv_rows: Iterable[VGGSoundRow | tuple], path: str | os.PathLike, n: int = TEST_SIZE) -> Path:
-    """Write :func:`select_test_ids` to ``path``, one id per line (atomically), e.g. to ship as package data."""
-    ids = select_test_ids(csv_rows, n)
-    if not ids:
-        raise ConfigError("no test ids to write: the rows hold no 'test' split (or n is 0); pass the official CSV.")
-    return write_text_atomic(path, "\n".join(ids) + "\n")
-
-
-def read_test_ids(path: str | os.PathLike) -> list[str]:
-    """A test-id list written by :func:`write_test_ids` (one id per line; blank lines and ``#`` comments ignored)."""
-    path = Path(path)
-    hint = "Write it with gen_align.data.vggsound.write_test_ids (one {ytid}_{start:06d} id per line)."
-    ids = [s.strip() for s in _read_text(path, "test-id list", hint).splitlines()]
-    ids = [s for s in ids if s and not s.startswith("#")]
-    if not ids:
-        raise InputFileError(f"test-id list {path} is empty. {hint}")
-    repeated = [i for i, c in Counter(ids).items() if c > 1]
-    if repeated:
-        raise InputFileError(f"test-id list {path} repeats ids (e.g. {repeated[0]!r}); each id may appear once.")
-    return ids
-
-
-def _as_row(row: VGGSoundRow | tuple) -> VGGSoundRow:
-    if isinstance(row, VGGSoundRow):
-        return row
-    if isinstance(row, (tuple, list)) and len(row) == 4:
-        ytid, start, label, split = row
-        return VGGSoundRow(str(ytid), int(start), str(label), str(split).strip().lower())
-    raise ConfigError(
-        f"expected a VGGSoundRow or a (ytid, start, label, split) tuple, got {row!r}; read the CSV with "
-        "read_vggsound_csv."
-    )
-
-
-# ------------------------------------------------------------------------------------------------------ clip folder
-
-
-def parse_clip_name(stem: str) -> list[str]:
-    """Candidate item ids for a file name without extension, most specific first (see the module notes)."""
-    out = []
-    parts = stem.rsplit("_", 2)
-    if len(parts) == 3 and parts[0] and all(_DIGITS.fullmatch(p) for p in parts[1:]):
-        ytid, a, b = parts[0], int(parts[1]), int(parts[2])
-        if 0 < b - a <= CLIP_SECONDS:
-            out.append(clip_id(ytid, a))
-        if a % 1000 == 0 and 0 < b - a <= CLIP_SECONDS * 1000:
-            out.append(clip_id(ytid, a // 1000))
-    head, _, tail = stem.rpartition("_")
-    if head and _DIGITS.fullmatch(tail):
-        out.append(clip_id(head, int(tail)))
-    return out
-
-
-def index_clips(root: str | os.PathLike, wanted: Collection[str]) -> ClipIndex:
-    """Walk ``root`` once (following symlinked folders, without loops) and map each wanted id to its clip file.
-
-    When several files name one id, the preferred suffix (:data:`VIDEO_SUFFIXES` order), then the shallower, then
-    the alphabetically first path wins; the others are listed in ``duplicates``.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise InputFileError(
-            f"clips folder {root} {what}; pass the folder holding the downloaded VGGSound clips "
-            "({ytid}_{start:06d}.mp4, possibly in subfolders)."
-        )
-    wanted = set(wanted)
-    found: dict[str, list[Path]] = {}
-    index = ClipIndex(root=root)
-    for path in _walk_videos(root):
-        index.scanned += 1
-        item = next((i for i in parse_clip_name(path.name[: -len(path.suffix)]) if i in wanted), None)
-        if item is None:
-            index.unmatched.append(path)
-        else:
-            found.setdefault(item, []).append(path)
-    for item, paths in found.items():
-        paths.sort(key=lambda p: (VIDEO_SUFFIXES.index(p.suffix.lower()), len(p.parts), str(p)))
-        index.paths[item] = paths[0]
-        if len(paths) > 1:
-            index.duplicates[item] = paths[1:]
-    return index
-
-
-def _walk_videos(root: Path) -> Iterator[Path]:
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES:
-                yield Path(folder) / name
-
-
-# ---------------------------------------------------------------------------------------------------------- captions
-
-
-def read_captions(path: str | os.PathLike, wanted: Collection[str] | None = None) -> Captions:
-    """Read a captions file (CSV/TSV with ``id`` and ``caption``/``text`` columns, JSONL, or JSON) and match its ids to
-    ``wanted`` (exactly, else through :func:`parse_clip_name`). The first caption of an id wins; empty ones are
-    counted and skipped. Without ``wanted`` every id is kept as written."""
-    path = Path(path)
-    hint = 'Give a CSV with a header "id,caption" or JSONL lines {"id": "<ytid>_<start:06d>", "caption": "..."}.'
-    text = _read_text(path, "captions file", hint)
-    records = _caption_records(path, text, hint)
-    out = Captions(path=path)
-    wanted_set = None if wanted is None else set(wanted)
-    for where, raw_id, caption in records:
-        out.entries += 1
-        if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool) or not str(raw_id).strip():
-            raise InputFileError(f"{where}: the id must be a non-empty string, got {raw_id!r}. {hint}")
-        if caption is not None and not isinstance(caption, str):
-            raise InputFileError(
-                f"{where}: the caption must be a string, got {type(caption).__name__}; give one caption per id. {hint}"
-            )
-        item = _match_id(str(raw_id).strip(), wanted_set)
-        if item is None:
-            out.unmatched.append(str(raw_id))
-        elif not caption or not caption.strip():
-            out.empty += 1
-        elif item in out.texts:
-            out.duplicates += 1
-        else:
-            out.texts[item] = " ".join(caption.split())
-    if not records:
-        raise InputFileError(f"captions file {path} holds no captions. {hint}")
-    return out
-
-
-def _match_id(raw: str, wanted: set[str] | None) -> str | None:
-    if wanted is None or raw in wanted:
-        return raw
-    stem = raw[: -len(Path(raw).suffix)] if Path(raw).suffix.lower() in VIDEO_SUFFIXES else raw
-    return next((i for i in parse_clip_name(Path(stem).name) if i in wanted), None)
-
-
-def _caption_records(path: Path, text: str, hint: str) -> list[tuple[str, Any, Any]]:
-    """``(where, id, caption)`` per entry, the format chosen by suffix (else by the first character)."""
-    suffix = path.suffix.lower()
-    first = text.lstrip()[:1]
-    if suffix in (".jsonl", ".ndjson") or (suffix not in (".json", ".csv", ".tsv") and first == "{"):
-        if first == "{" and suffix not in (".jsonl", ".ndjson"):
-            try:  # a single JSON object over several lines
-                return _json_records(path, json.loads(text), hint)
-            except json.JSONDecodeError:
-                pass
-        return _jsonl_records(path, text, hint)
-    if suffix == ".json" or (suffix not in (".csv", ".tsv") and first == "["):
-        try:
-            return _json_records(path, json.loads(text), hint)
-        except json.JSONDecodeError as err:
-            raise InputFileError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}). {hint}") from err
-    return _csv_records(path, text, "\t" if suffix == ".tsv" else ",", hint)
-
-
-def _jsonl_records(path: Path, text: str, hint: str) -> list[tuple[str, Any, Any]]:
-    out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputFileError(f"{where}: not valid JSON ({err.msg}). {hint}") from err
-        out.append(_record_fields(record, where, hint))
-    return out
-
-
-def _json_records(path: Path, data: Any, hint: str) -> list[tuple[str, Any, Any]]:
-    if isinstance(data, dict) and not {"id", "caption"} <= set(data):
-        return [(f"{path}, key {k!r}", k, v) for k, v in data.items()]
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise InputFileError(f"{path}: expected a JSON object {{id: caption}} or a list of records. {hint}")
-    return [_record_fields(r, f"{path}, entry {i}", hint) for i, r in enumerate(data)]
-
-
-def _record_fields(record: Any, where: str, hint: str) -> tuple[str, Any, Any]:
-    if not isinstance(record, dict) or "id" not in record:
-        raise InputFileError(f'{where}: expected an object with "id" and "caption". {hint}')
-    key = "caption" if "caption" in record else "text" if "text" in record else None
-    if key is None:
-        raise InputFileError(f'{where}: no "caption" (or "text") key in {sorted(record)}. {hint}')
-    return where, record["id"], record[key]
-
-
-def _csv_records(path: Path, text: str, delimiter: str, hint: str) -> list[tuple[str, Any, Any]]:
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    columns = [c.strip().lower() for c in reader.fieldnames or []]
-    key = "caption" if "caption" in columns else "text" if "text" in columns else None
-    if "id" not in columns or key is None:
-        raise InputFileError(f"{path}: the header {reader.fieldnames} lacks an 'id' and a 'caption' column. {hint}")
-    reader.fieldnames = columns
-    return [(f"{path}, line {reader.line_num}", row["id"], row[key]) for row in reader]
-
-
-# ------------------------------------------------------------------------------------------------------- preparation
 
 
 def prepare_vggsound(
