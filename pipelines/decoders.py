@@ -213,6 +213,16 @@ class DiffusersDecoder(abc.ABC):
     kind: ClassVar[str]
     default_guidance: ClassVar[float]
     default_steps: ClassVar[int] = 25
+    call_options: ClassVar[dict[str, Any]] = {}
+    """Extra call arguments this decoder takes, with their defaults (Stable UnCLIP: ``{"noise_level": 0}``)."""
+    wants_image_tower: ClassVar[bool] = False
+    """Whether the space's image tower gives this decoder something when loaded beside it (see :meth:`space_kwargs`)."""
+
+    @classmethod
+    def space_kwargs(cls, space: Any) -> dict[str, Any]:
+        """What this adapter takes from the aligned ``space`` it is loaded beside (``from_pretrained`` keyword
+        arguments); nothing by default. Decoder specifics stay here, not in the callers."""
+        return {}
 
     def __init__(
         self,

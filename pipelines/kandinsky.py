@@ -39,6 +39,14 @@ class KandinskyDecoder(DiffusersDecoder):
     pipeline_class = KandinskyV22Pipeline
     kind = "kandinsky-2.2"
     default_guidance = 4.0  # the pipeline's default
+    wants_image_tower = True  # its zero-image embedding is the decoder's negative
+
+    @classmethod
+    def space_kwargs(cls, space: Any) -> dict[str, Any]:
+        """The prior's negative: the space's image tower (the 2.2 prior's encoder) applied to an all-zero image."""
+        if "image" not in space.towers:
+            return {}
+        return {"negative_embed": zero_image_embed(space.towers["image"].model)}
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from gen_align.space import AlignedSpace
 
 from .blend import MODES, blend, interpolate, validate_weights
 from .calibration import rescale
-from .decoders import DiffusersDecoder, EmbeddingStats
+from .decoders import DECODER_CLASSES, DiffusersDecoder, EmbeddingStats, decoder_class
 from .session import CONDITION_KINDS, RuntimeOptions, Session
 
 ARGUMENT_NAMES = {
@@ -80,16 +80,16 @@ class DecodeOptions:
             integer(self.noise_level, names["noise_level"], low=0)
 
     def call_kwargs(self, kind: str, names: Mapping[str, str] = ARGUMENT_NAMES) -> dict[str, Any]:
-        """Keyword arguments of the decoder call (``noise_level`` only for Stable UnCLIP)."""
-        if self.noise_level is not None and kind != "stable-unclip":
+        """Keyword arguments of the decoder call: the common ones, plus the decoder's own ``call_options``."""
+        extras = decoder_class(kind).call_options
+        if self.noise_level is not None and "noise_level" not in extras:
+            takers = [k for k in DECODER_CLASSES if "noise_level" in decoder_class(k).call_options]
             raise ConfigError(
-                f"{names['noise_level']} applies to the stable-unclip decoder only, not {kind}; leave it out."
+                f"{names['noise_level']} applies to the {' and '.join(takers)} decoder only, not {kind}; leave it out."
             )
         kwargs = {"steps": self.steps, "guidance": self.guidance, "batch_size": self.batch_size}
         kwargs |= {"height": self.height, "width": self.width}
-        if kind == "stable-unclip":
-            kwargs["noise_level"] = self.noise_level or 0
-        return kwargs
+        return kwargs | self._extras(extras)
 
     def record(self, decoder: Any, kind: str) -> dict[str, Any]:
         """The values actually used, for the provenance record."""
@@ -97,9 +97,11 @@ class DecodeOptions:
             "steps": self.steps or decoder.default_steps,
             "guidance": decoder.default_guidance if self.guidance is None else self.guidance,
         }
-        if kind == "stable-unclip":
-            out["noise_level"] = self.noise_level or 0
-        return out
+        return out | self._extras(decoder_class(kind).call_options)
+
+    def _extras(self, extras: Mapping[str, Any]) -> dict[str, Any]:
+        """The decoder's own options: the value given here, else the decoder's default."""
+        return {k: default if getattr(self, k, None) is None else getattr(self, k) for k, default in extras.items()}
 
 
 def embedding_report(

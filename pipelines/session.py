@@ -27,6 +27,7 @@ from .decoders import (
     DecoderInfo,
     DiffusersDecoder,
     EmbeddingStats,
+    decoder_class,
     inspect_decoder,
     load_decoder,
     resolve_device,
@@ -135,8 +136,8 @@ class Session:
         )
         self.info: DecoderInfo = inspect_decoder(decoder, weights_dir=options.weights_dir)
         towers = set(kinds)
-        if self.info.kind == "kandinsky-2.2" and "image" in config["towers"]:
-            towers.add("image")  # its zero-image embedding is the decoder's negative
+        if decoder_class(self.info.kind).wants_image_tower and "image" in config["towers"]:
+            towers.add("image")  # e.g. Kandinsky's negative is its zero-image embedding
         space_device = torch.device("cpu") if options.offload else self.device
         self.space: AlignedSpace | None = AlignedSpace.from_pretrained(
             self.source, modalities=sorted(towers), weights_dir=options.weights_dir, device=space_device
@@ -178,11 +179,7 @@ class Session:
     def load_decoder(self, *, keep_space: bool = False) -> DiffusersDecoder:
         """Load the decoder (on the device, in the dtype, with the options). The space's towers are freed first
         unless ``keep_space`` (a long-lived app encodes and decodes for its whole life)."""
-        extra: dict[str, Any] = {}
-        if self.info.kind == "kandinsky-2.2" and self.space is not None and "image" in self.space.towers:
-            from .kandinsky import zero_image_embed
-
-            extra["negative_embed"] = zero_image_embed(self.space.towers["image"].model)
+        extra = decoder_class(self.info.kind).space_kwargs(self.space) if self.space is not None else {}
         if not keep_space:
             self.space = None
             gc.collect()

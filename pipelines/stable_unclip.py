@@ -26,6 +26,7 @@ class StableUnCLIPDecoder(DiffusersDecoder):
     pipeline_class = StableUnCLIPImg2ImgPipeline
     kind = "stable-unclip"
     default_guidance = 10.0  # the pipeline's default
+    call_options = {"noise_level": 0}  # the embedding noise level 0..999 (0: the embedding as it is)
 
     @property
     def embedding_dim(self) -> int:
