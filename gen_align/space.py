@@ -172,21 +172,62 @@ class AlignedSpace(nn.Module):
     def encode_image(
         self, images: Sequence[Any], *, batch_size: int = 32, normalize: bool = False, progress: bool | None = None
     ) -> torch.Tensor:
-        """Raw anchor embeddings ``(B, d)`` of PIL images or image paths (any mode; converted to RGB)."""
+        """Raw anchor embeddings ``(B, d)`` of images: what the decoder was trained on.
+
+        Args:
+            images: PIL images (any mode; converted to RGB) or image paths.
+            batch_size: images per tower call. normalize: L2-normalise the rows. progress: a progress bar
+                (default: for more than one batch).
+
+        Returns:
+            a float ``(B, d)`` tensor on the space's device.
+
+        Raises:
+            InputFileError: an unreadable image. ConfigError: a space without an image tower.
+        """
         return self._encode("image", images, batch_size, normalize, progress)
 
     @torch.inference_mode()
     def encode_text(
         self, texts: str | Sequence[str], *, batch_size: int = 64, normalize: bool = False, progress: bool | None = None
     ) -> torch.Tensor:
-        """Text embeddings ``(B, d)`` in the anchor space."""
+        """Text embeddings ``(B, d)`` in the anchor space (the text tower, then its head).
+
+        Args:
+            texts: one string or a list of them (non-empty; longer ones are truncated to the tokenizer's length).
+            batch_size, normalize, progress: as in :meth:`encode_image`.
+
+        Returns:
+            a float ``(B, d)`` tensor.
+
+        Raises:
+            ConfigError: empty text, or a space without a text tower.
+
+        Example:
+            >>> from gen_align import AlignedSpace
+            >>> AlignedSpace.from_pretrained("mini").encode_text("a large blue circle", normalize=True).norm().item()
+            1.0
+        """
         return self._encode("text", [texts] if isinstance(texts, str) else list(texts), batch_size, normalize, progress)
 
     @torch.inference_mode()
     def encode_audio(
         self, audio: Any, *, batch_size: int = 8, normalize: bool = False, progress: bool | None = None
     ) -> torch.Tensor:
-        """Audio embeddings ``(B, d)`` of file paths or ``(waveform, sample_rate)`` pairs (or one of them)."""
+        """Audio embeddings ``(B, d)`` in the anchor space (the audio tower, then its head).
+
+        Args:
+            audio: a file path or ``(waveform, sample_rate)`` pair, or a list of them (any rate: resampled to the
+                tower's; long clips are windowed as the tower's config says).
+            batch_size, normalize, progress: as in :meth:`encode_image`.
+
+        Returns:
+            a float ``(B, d)`` tensor; each row depends on its own clip only.
+
+        Raises:
+            InputFileError / InputDataError: unreadable or silent audio. ConfigError: a space without a trained
+            audio head.
+        """
         if isinstance(audio, (str, os.PathLike)) or (
             isinstance(audio, tuple) and len(audio) == 2 and not isinstance(audio[0], (str, os.PathLike, tuple))
         ):

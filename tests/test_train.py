@@ -129,6 +129,7 @@ def test_head_set_passes_the_anchor_through():
         (["head.kind=conv"], "unknown head.kind"),
         (["mixed_precision=fp8"], "unknown mixed_precision"),
         (["lr"], "must look like key=value"),
+        (["modalities=audio"], "modalities must be a list of modality names"),
     ],
 )
 def test_config_validation(overrides, message):

@@ -90,6 +90,12 @@ class TrainConfig:
         if not isinstance(self.objective_params, dict):
             raise ConfigError(f"objective_params must be a table of hyperparameters, got {self.objective_params!r}.")
         get_objective(self.objective, **self.objective_hparams())  # names, task, GRAM's τ: refused here, not at step 1
+        if self.modalities is not None and (
+            not isinstance(self.modalities, list) or not all(isinstance(m, str) and m for m in self.modalities)
+        ):
+            raise ConfigError(
+                f'modalities must be a list of modality names such as ["image", "audio"], got {self.modalities!r}.'
+            )
         positive(self.lr, "lr")
         non_negative(self.weight_decay, "weight_decay")
         integer(self.warmup_steps, "warmup_steps", low=0)
