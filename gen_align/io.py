@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,32 @@ def _new_file_mode() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """UTF-8 text written with :func:`write_bytes_atomic`."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_folder_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, hint: str = "") -> Path:
+    """Fill a folder through ``write(tmp)`` into a sibling temporary folder, then swap it into ``path``: a crash or a
+    full disk leaves the old folder (or none), never a half-written one. For writers that make many files
+    (transformers' ``save_pretrained``). Failures raise :class:`OutputError` with ``hint``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            file_mode = _new_file_mode()
+            os.chmod(tmp, file_mode | ((file_mode & 0o444) >> 2))  # mkdtemp makes 0700: a folder as mkdir would
+            write(tmp)
+            old = None
+            if path.exists():
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+                os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as err:
+        raise OutputError(f"could not write {path}: {err.strerror or err}. {hint}".rstrip()) from err
+    return path
 
 
 def write_safetensors_atomic(

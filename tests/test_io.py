@@ -46,3 +46,42 @@ def test_parent_is_a_file(tmp_path):
     blocker.write_text("x")
     with pytest.raises(GenAlignError, match="could not write"):
         write_text_atomic(blocker / "r.json", "{}")
+
+
+def test_write_folder_atomic_swaps_whole_folders_and_keeps_the_old_one_on_failure(tmp_path):
+    import os
+    import stat
+
+    from gen_align.io import write_folder_atomic
+
+    target = tmp_path / "tower"
+
+    def write(files):
+        def fill(folder):
+            for name, text in files.items():
+                (folder / name).write_text(text)
+
+        return fill
+
+    write_folder_atomic(target, write({"a.txt": "one", "b.txt": "two"}))
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt", "b.txt"]
+    assert stat.S_IMODE(os.stat(target).st_mode) & 0o055 == 0o055 & ~_umask()  # not mkdtemp's 0700
+
+    def half_then_fail(folder):
+        (folder / "a.txt").write_text("new")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(GenAlignError, match="No space left on device"):
+        write_folder_atomic(target, half_then_fail)
+    assert (target / "a.txt").read_text() == "one" and (target / "b.txt").read_text() == "two"  # the old folder stays
+    write_folder_atomic(target, write({"c.txt": "three"}))
+    assert [p.name for p in target.iterdir()] == ["c.txt"]  # replaced whole, no stale file
+    assert [p.name for p in tmp_path.iterdir()] == ["tower"]  # no temporary folder left behind
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

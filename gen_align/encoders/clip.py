@@ -24,6 +24,7 @@ from transformers import (
 
 from gen_align.encoders.image_io import load_images
 from gen_align.encoders.text_io import check_texts, truncate_token_ids
+from gen_align.io import write_folder_atomic
 from gen_align.weights import load_from_source
 
 
@@ -66,8 +67,12 @@ class _CLIPTower(nn.Module):
     def save(self, directory: str | os.PathLike) -> dict[str, Any]:
         """Write model and processor/tokenizer under ``directory``; returns the tower config for it."""
         directory = Path(directory)
-        self.model.save_pretrained(directory / self.layout[0])
-        self.aux.save_pretrained(directory / self.layout[1])
+
+        def write(folder: Path) -> None:
+            self.model.save_pretrained(folder / self.layout[0])
+            self.aux.save_pretrained(folder / self.layout[1])
+
+        write_folder_atomic(directory, write, hint="Free disk space and save again.")
         return {"kind": self.kind, "source": str(directory), "subfolder": self.layout[0], self.aux_key: self.layout[1]}
 
 
