@@ -81,20 +81,16 @@ class Models:
         """``n`` images of the blend of ``conditions`` (the pipeline's call, under the lock)."""
         inputs = {c.kind: c.value for c in conditions}
         with self.lock:
-            return self.pipe(**inputs, weights=weights, mode=mode, num_images=n, **_sampling(options))
+            return self.pipe(
+                **inputs, weights=weights, mode=mode, num_images=n, seed=options.seed, **options.sampling()
+            )
 
     def interpolate(self, a: Condition, b: Condition, frames: int, mode: str, options: DecodeOptions) -> GenAlignOutput:
         """``frames`` images from ``a`` to ``b`` (the pipeline's interpolation, under the lock)."""
         with self.lock:
             return self.pipe.interpolate(
-                {a.kind: a.value}, {b.kind: b.value}, frames=frames, mode=mode, **_sampling(options)
+                {a.kind: a.value}, {b.kind: b.value}, frames=frames, mode=mode, seed=options.seed, **options.sampling()
             )
-
-
-def _sampling(options: DecodeOptions) -> dict[str, Any]:
-    """The pipeline's sampling arguments from the page's options."""
-    fields = ("seed", "steps", "guidance", "noise_level", "batch_size", "height", "width")
-    return {name: getattr(options, name) for name in fields}
 
 
 def header(models: Models) -> str:

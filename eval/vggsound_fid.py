@@ -376,7 +376,7 @@ def _generate(
     session = Session(options, kinds)
     pipe = GenAlignPipeline(session, keep_encoders=False)  # every input is encoded before the decoder loads
     pipe.argument_names = dict(CLI_FLAGS)
-    sampling = {k: getattr(decode, k) for k in ("steps", "guidance", "noise_level", "height", "width")}
+    sampling = decode.sampling()
     decode.call_kwargs(session.info.kind)  # a wrong option fails before any encoding
     config = session.space.config if session.space is not None else {}
     objective = (config.get("training") or {}).get("objective")

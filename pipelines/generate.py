@@ -68,17 +68,6 @@ def _one_call_pipeline(
     return pipe
 
 
-def _sampling(decode: PipelineDecodeOptions) -> dict[str, Any]:
-    return {
-        "steps": decode.steps,
-        "guidance": decode.guidance,
-        "noise_level": decode.noise_level,
-        "batch_size": decode.batch_size,
-        "height": decode.height,
-        "width": decode.width,
-    }
-
-
 def generate(
     options: RuntimeOptions,
     conditions: list[Condition],
@@ -101,7 +90,7 @@ def generate(
     decode = decode or DecodeOptions()
     pipe = _one_call_pipeline(options, kinds, decode)
     inputs = {c.kind: c.value for c in conditions}
-    output = pipe(**inputs, weights=weights, mode=mode, num_images=n, seed=decode.seed, **_sampling(decode))
+    output = pipe(**inputs, weights=weights, mode=mode, num_images=n, seed=decode.seed, **decode.sampling())
     out = Path(out)
     result = Result(record=output.record)
     for i, image in enumerate(output.images):
@@ -136,7 +125,7 @@ def interpolate_images(
         frames=frames,
         mode=mode,
         seed=decode.seed,
-        **_sampling(decode),
+        **decode.sampling(),
     )
     record = {**output.record, "strip": "interpolation.png", "gif": "interpolation.gif", "gif_frame_ms": duration_ms}
     out = Path(out)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from gen_align import __version__
-from gen_align.checks import choice, integer
+from gen_align.checks import choice, integer, non_negative
 from gen_align.errors import ConfigError
 from gen_align.space import AlignedSpace
 
@@ -44,6 +44,7 @@ ARGUMENT_NAMES = {
     "batch_size": "batch_size",
 }
 """How messages name the call's arguments (the CLI maps them to its flags)."""
+SAMPLING_OPTIONS = ("steps", "guidance", "noise_level", "batch_size", "height", "width")
 
 
 @dataclass
@@ -66,10 +67,12 @@ class DecodeOptions:
     height: int | None = None
     width: int | None = None
 
+    def sampling(self) -> dict[str, Any]:
+        """The options other than the seed, as keyword arguments of :class:`GenAlignPipeline` calls."""
+        return {k: getattr(self, k) for k in SAMPLING_OPTIONS}
+
     def check(self, names: Mapping[str, str] = ARGUMENT_NAMES) -> None:
         """Cheap validation before any model is loaded; ``names`` say how messages name the arguments."""
-        from gen_align.checks import non_negative
-
         integer(self.seed, names["seed"], low=0)
         for value, key in ((self.steps, "steps"), (self.batch_size, "batch_size")):
             if value is not None:
@@ -300,11 +303,9 @@ class GenAlignPipeline:
         return self._options(0, sampling).record(self.decoder, self.session.info.kind)
 
     def _options(self, seed: int, sampling: Mapping[str, Any]) -> DecodeOptions:
-        unknown = sorted(set(sampling) - {"steps", "guidance", "noise_level", "batch_size", "height", "width"})
+        unknown = sorted(set(sampling) - set(SAMPLING_OPTIONS))
         if unknown:
-            raise ConfigError(
-                f"unknown sampling options {unknown}; use steps, guidance, noise_level, batch_size, height or width."
-            )
+            raise ConfigError(f"unknown sampling options {unknown}; use {', '.join(SAMPLING_OPTIONS)}.")
         options = replace(DecodeOptions(seed=seed), **sampling)
         options.check(self.argument_names)
         return options

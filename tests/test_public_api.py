@@ -111,3 +111,20 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README
     assert (tmp_path / "star.png").is_file()
+
+
+def test_pipeline_sampling_options_and_decoder_kinds_are_checked(pipe):
+    from gen_align.pipelines.decoders import decoder_class
+
+    with pytest.raises(ConfigError, match=r"unknown sampling options \['step'\]; use steps"):
+        pipe.decode(torch.randn(1, 64), step=3)
+    with pytest.raises(ConfigError, match=r"unknown sampling options \['cfg'\]"):
+        pipe.interpolate({"text": "a"}, {"text": "b"}, cfg=2.0)
+    with pytest.raises(ConfigError, match="steps must be an integer >= 1"):
+        pipe.decode(torch.randn(1, 64), steps=0)
+    with pytest.raises(ConfigError, match="no decoder adapter for kind 'dalle'"):
+        decoder_class("dalle")
+    # a direction of any norm is rescaled to the calibrated norm before decoding (same image as its unit vector)
+    z = torch.randn(1, 64)
+    a, b = pipe.decode(z, seed=4, steps=2)[0], pipe.decode(5 * z, seed=4, steps=2)[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))

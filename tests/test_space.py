@@ -183,6 +183,7 @@ def test_audio_without_head_or_tower_is_refused(unclip_home, tmp_path):
         (lambda c: c["heads"]["audio"].update(in_dim="ninety-six"), r"heads.audio .* in_dim must be an integer"),
         (lambda c: c["heads"]["text"].update(depth=3), r"heads.text .*unexpected keyword.*valid keys"),
         (lambda c: c.update(output_norm=-1.0), r"output_norm .* positive number or null"),
+        (lambda c: c["towers"].update(audio="beats"), r"towers.audio in .* must be an object"),
     ],
 )
 def test_wrongly_typed_space_configs_are_refused_with_the_key(tmp_path, edit, message):

@@ -197,7 +197,34 @@ def _resolve_unialign(defaults: dict[str, Any], hparams: dict[str, Any]) -> dict
             resolved[name] = hparams.get(name)
     options = {k: v for k, v in resolved.items() if k not in ("anchor", "weights", "task")}
     check_unialign_options(**options)  # a bad τ, λ or design choice is refused here, not at the first step
+    if resolved["weights"] is not None:
+        check_weight_table(resolved["weights"], "centroid weights w_m")
     return resolved
+
+
+def _resolve_infonce(defaults: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    resolved = _resolve_tau(defaults, hparams)
+    if resolved["pair_weights"] is not None:
+        check_weight_table(resolved["pair_weights"], "InfoNCE pair weights w_mn")
+        for key in resolved["pair_weights"]:
+            parse_pair(key)
+    return resolved
+
+
+def _resolve_gram(defaults: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    resolved = _resolve_tau(defaults, hparams)
+    check_label_smoothing(resolved["label_smoothing"])
+    return resolved
+
+
+def _resolve_tau(defaults: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    resolved = {**defaults, **hparams}
+    check_tau(resolved["tau"])
+    return resolved
+
+
+_RESOLVERS = {_unialign: _resolve_unialign, _infonce: _resolve_infonce, _gram: _resolve_gram, _geo_ot: _resolve_tau}
+"""Per objective family: the defaults merged with the overrides, each value checked before any training step."""
 
 
 def get_objective(name: str, **hparams: Any) -> Objective:
@@ -232,18 +259,6 @@ def get_objective(name: str, **hparams: Any) -> Objective:
     unknown = sorted(set(hparams) - set(defaults))
     if unknown:
         raise ConfigError(f"objective {name!r} has no hyperparameter(s) {unknown}; valid: {sorted(defaults)}.")
-    resolved = _resolve_unialign(defaults, hparams) if fn is _unialign else {**defaults, **hparams}
-    state = None
-    if fn in (_infonce, _gram, _geo_ot):
-        check_tau(resolved["tau"])
-    if fn is _gram:
-        check_label_smoothing(resolved["label_smoothing"])
-    if fn is _unialign and resolved["weights"] is not None:
-        check_weight_table(resolved["weights"], "centroid weights w_m")
-    if fn is _infonce and resolved["pair_weights"] is not None:
-        check_weight_table(resolved["pair_weights"], "InfoNCE pair weights w_mn")
-        for key in resolved["pair_weights"]:
-            parse_pair(key)
-    if fn is _gram and resolved["learnable_tau"]:
-        state = LearnableTemperature(check_tau(resolved["tau"]))
+    resolved = _RESOLVERS[fn](defaults, hparams)
+    state = LearnableTemperature(resolved["tau"]) if fn is _gram and resolved["learnable_tau"] else None
     return Objective(name=name, fn=fn, hparams=resolved, state=state)
