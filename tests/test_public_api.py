@@ -91,7 +91,13 @@ def test_one_call_pipeline_frees_its_encoders_and_says_so():
 
 @pytest.mark.parametrize(
     "module",
-    ["gen_align.pipelines.pipeline", "gen_align.space", "gen_align.objectives.registry", "gen_align.retrieval.metrics"],
+    [
+        "gen_align.pipelines.pipeline",
+        "gen_align.space",
+        "gen_align.objectives.registry",
+        "gen_align.retrieval.metrics",
+        "gen_align.train.engine",
+    ],
 )
 def test_docstring_examples_run(module):
     """The examples in the public entry points' docstrings run (doctest) and print what they show."""

@@ -319,3 +319,28 @@ def test_the_shared_schedule_is_linear_warmup_then_half_cosine():
         expected = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - 4) / 10)))
         assert f(step) == pytest.approx(expected, abs=1e-15)
     assert f(14) == pytest.approx(0.0, abs=1e-15) and warmup_schedule(0, 10, "constant")(7) == 1.0
+
+
+def test_resume_passes_over_a_truncated_newest_checkpoint_and_cleans_leftovers(features, tmp_path):
+    Trainer(config(tmp_path / "a", features, checkpoint_every=2, max_steps=6)).fit()
+    run = config(tmp_path / "b", features, checkpoint_every=2, max_steps=6, keep_checkpoints=3)
+    Trainer(run).fit()
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    newest = checkpoints / "step-00000006" / "training_state.pt"
+    newest.write_bytes(newest.read_bytes()[:200])  # the disk filled up while it was written
+    (checkpoints / ".tmp-step-00000008").mkdir()  # what a killed run of an earlier version left behind
+    (checkpoints / ".step-00000008.abc.tmp").mkdir()
+    trainer = Trainer(run)
+    assert not list(checkpoints.glob(".*"))
+    with pytest.warns(UserWarning, match="skipping the checkpoint .*step-00000006.*truncated"):
+        trainer.fit(resume=True)
+    a = load_file(str(tmp_path / "a" / "run" / "space" / "heads.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "space" / "heads.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_of_an_older_layout_is_refused_with_advice(features, tmp_path):
+    Trainer(config(tmp_path, features, checkpoint_every=2, max_steps=2)).fit()
+    (next((tmp_path / "run" / "checkpoints").glob("step-*")) / "training_state.pt").unlink()
+    with pytest.raises(GenAlignError, match="written by an older gen-align .* Start a new run"):
+        Trainer(config(tmp_path, features, checkpoint_every=2, max_steps=4)).fit(resume=True)

@@ -1,34 +1,30 @@
-"""One small training loop for every mini-world model (CLIP, BEATs, decoder, classifier).
+"""The loop every mini-world model trains with (CLIP, BEATs, decoder, classifier), on the shared
+:class:`~gen_align.train.engine.Engine`.
 
-AdamW with linear warm-up and cosine decay, minibatches of shuffled item indices drawn from a seeded generator,
-an optional EMA copy of the weights, a tqdm bar, and a resumable state file: ``fit_state.pt`` in
-``checkpoint_dir`` (written atomically every ``checkpoint_every`` steps and at the end), so an interrupted run
-continues where it stopped and gives the same weights as an uninterrupted one.
+Minibatches of shuffled item indices are drawn from a seeded generator; the engine does AdamW with linear warm-up
+and cosine decay, clipping, the optional EMA copy and the progress bar. The state (``fit_state.pt`` in
+``checkpoint_dir``, written atomically every ``checkpoint_every`` steps and at the end) holds the engine's state and
+the loop's position, so an interrupted run continues where it stopped and gives the same weights as an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import copy
-import io
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from gen_align.checks import integer, non_negative, positive
-from gen_align.errors import CheckpointError, ConfigError, GenAlignError
-from gen_align.io import write_bytes_atomic
-from gen_align.train.schedule import warmup_schedule
+from gen_align.errors import ConfigError
+from gen_align.train.engine import Engine, OptimizerSettings, TrainingDivergedError, decay_groups, settings_identity
+
+__all__ = ["STATE_FILE", "FitSettings", "LossFn", "TrainingDivergedError", "fit"]
 
 STATE_FILE = "fit_state.pt"
-
-
-class TrainingDivergedError(GenAlignError, ArithmeticError):
-    """The loss became NaN/inf."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +49,10 @@ class FitSettings:
         integer(self.warmup, "warmup", low=0)
         integer(self.seed, "seed", low=0)
         integer(self.checkpoint_every, "checkpoint_every")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay!r}.")
-        if self.grad_clip is not None:
-            positive(self.grad_clip, "grad_clip")
+        self.optimizer()  # ema_decay and grad_clip are checked there
+
+    def optimizer(self) -> OptimizerSettings:
+        return OptimizerSettings(self.lr, self.weight_decay, self.warmup, "cosine", self.grad_clip, self.ema_decay)
 
 
 LossFn = Callable[[nn.Module, Tensor, torch.Generator], Tensor]
@@ -74,106 +70,50 @@ def fit(
 ) -> nn.Module:
     """Train ``model`` in place for ``settings.steps`` steps; returns the EMA copy (or ``model`` without EMA).
 
-    ``loss_fn(model, indices, generator)`` gets a batch of item indices (without replacement within an epoch)
-    and a CPU generator for its own randomness (noise, augmentation), both restored exactly on resume.
+    Args:
+        model: the module to train.
+        loss_fn: ``loss_fn(model, indices, generator)`` gets a batch of item indices (without replacement within an
+            epoch) and a CPU generator for its own randomness (noise, augmentation), both restored exactly on resume.
+        num_items: the dataset size (≥ 2).
+        settings: steps, batch, optimiser.
+        desc: the run's name (progress bar, errors, the state's identity).
+        checkpoint_dir: where ``fit_state.pt`` lives; a state found there is resumed.
+        progress: show the progress bar.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/inf.
+        CheckpointError: the state in ``checkpoint_dir`` is unreadable or belongs to another run.
+        ConfigError: the model has nothing to train.
     """
     integer(num_items, "num_items", low=2)
     batch = min(settings.batch_size, num_items)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{desc}: the model has no trainable parameters.")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(settings.warmup, settings.steps))
-    ema = copy.deepcopy(model).requires_grad_(False).eval() if settings.ema_decay else None
+    engine = Engine(model, decay_groups(params, settings.weight_decay), settings.optimizer(), settings.steps, desc=desc)
     generator = torch.Generator().manual_seed(settings.seed)
-    order, cursor, step = torch.randperm(num_items, generator=generator), 0, 0
+    order, cursor = torch.randperm(num_items, generator=generator), 0
+    identity = settings_identity(settings, num_items=num_items)
 
     state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir is not None else None
     if state_path is not None and state_path.exists():
-        state = _read_state(state_path, desc, settings, num_items)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        generator.set_state(state["generator"])
-        order, cursor, step = state["order"], state["cursor"], state["step"]
-
-    def save() -> None:
-        if state_path is None:
-            return
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "desc": desc,
-                "settings": asdict(settings),
-                "num_items": num_items,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "ema": None if ema is None else ema.state_dict(),
-                "generator": generator.get_state(),
-                "order": order,
-                "cursor": cursor,
-                "step": step,
-            },
-            buffer,
-        )
-        write_bytes_atomic(state_path, buffer.getvalue(), what=f"the {desc} training state")
+        extra = engine.load(state_path, identity=identity)
+        generator.set_state(extra["generator"])
+        order, cursor = extra["order"], extra["cursor"]
 
     model.train()
-    bar = tqdm(total=settings.steps, initial=step, desc=desc, unit="step", disable=not progress)
-    while step < settings.steps:
+    engine.progress(enabled=progress)
+    while engine.step < settings.steps:
         if cursor + batch > num_items:
             order, cursor = torch.randperm(num_items, generator=generator), 0
         indices = order[cursor : cursor + batch]
         cursor += batch
         loss = loss_fn(model, indices, generator)
-        if not bool(torch.isfinite(loss)):
-            raise TrainingDivergedError(
-                f"{desc}: the loss became {loss.item()} at step {step + 1}; lower the learning rate "
-                f"(now {settings.lr}) or check the inputs for NaN values."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            _ema_update(ema, model, settings.ema_decay)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
-            save()
-    bar.close()
+        engine.update(loss)
+        engine.bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if state_path is not None and (engine.step % settings.checkpoint_every == 0 or engine.step == settings.steps):
+            position = {"generator": generator.get_state(), "order": order, "cursor": cursor}
+            engine.save(state_path, identity=identity, extra=position)
+    engine.close()
     model.eval()
-    return ema if ema is not None else model
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
-
-
-def _read_state(path: Path, desc: str, settings: FitSettings, num_items: int) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable state file gets the same advice
-        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err}); delete it to start over.") from err
-    saved = (state.get("desc"), state.get("settings"), state.get("num_items"))
-    if saved != (desc, asdict(settings), num_items):
-        raise CheckpointError(
-            f"{path} holds a {saved[0]!r} run with other settings or data ({saved[1]}, {saved[2]} items); "
-            f"delete it (or use another output directory) to train {desc!r} with {asdict(settings)}."
-        )
-    return state
+    return engine.result()

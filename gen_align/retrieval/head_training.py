@@ -33,11 +33,13 @@ from gen_align.checks import integer, non_negative, positive
 from gen_align.errors import CheckpointError, ConfigError, EmbeddingError
 from gen_align.module_checkpoint import CONFIG_NAME, read_module_config, read_module_weights, save_module
 from gen_align.tensors import as_embeddings
+from gen_align.train.engine import Engine, OptimizerSettings, settings_identity
 
 __all__ = ["RetrievalHead", "HeadTrainingHistory", "train_head", "load_head", "RETRIEVAL_HEAD_KINDS"]
 
 FORMAT = "gen-align-retrieval-head"
 _FIX = "re-save the head with head.save_pretrained(directory)"
+STATE_FILE = "head_training_state.pt"
 RETRIEVAL_HEAD_KINDS = {
     "gare": "gen_align.retrieval.gare:GAREHead",
     "gravi-align": "gen_align.retrieval.gravi_head:GraviAlignHead",
@@ -177,6 +179,7 @@ def train_head(
     seed: int = 0,
     device: str | torch.device | None = None,
     max_grad_norm: float | None = 1.0,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> HeadTrainingHistory:
     """Train ``head`` in place with AdamW on paired cached embeddings; returns the history (head left in eval mode).
 
@@ -186,6 +189,15 @@ def train_head(
     ``seed`` fixes the shuffles and the heads' sampling noise; the initial weights are fixed by the seed in
     force when the head was built.
     ``max_grad_norm`` clips the global gradient norm (None: no clipping). ``device``: default the head's.
+    ``checkpoint_dir``: where the training state (``head_training_state.pt``) is written after every epoch and
+    resumed from, so a killed run continues from its last finished epoch with the weights of an uninterrupted run.
+    The optimisation step is :class:`~gen_align.train.engine.Engine` (AdamW at a constant rate).
+
+    Raises:
+        EmbeddingError: features missing, misshaped or non-finite.
+        ConfigError: a bad setting (epochs, batch_size, lr, ...).
+        TrainingDivergedError: the loss became NaN/inf.
+        CheckpointError: the state in ``checkpoint_dir`` is unreadable or from another run.
     """
     epochs = integer(epochs, "epochs")
     batch_size = integer(batch_size, "batch_size", low=2, hint="InfoNCE needs at least one negative per batch.")
@@ -213,15 +225,30 @@ def train_head(
         if tokens is None:
             raise ConfigError("token_mask given without tokens; pass tokens=(N, L, d_tok) too, or drop token_mask.")
         token_mask = torch.as_tensor(token_mask).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     n_batches = max(1, min(math.ceil(n / batch_size), n // 2))  # every batch keeps ≥ 2 pairs
+    settings = OptimizerSettings(lr, weight_decay, schedule="constant", grad_clip=max_grad_norm)
+    engine = Engine(
+        head,
+        head.parameters(),
+        settings,
+        epochs * n_batches,
+        desc=f"{head.kind} head",
+        diverged_hint=f"lower lr (now {lr}) or check the features for extreme values",
+    )
+    identity = settings_identity(head.config, settings, kind=head.kind, items=n, epochs=epochs, batch_size=batch_size)
     history = HeadTrainingHistory()
-    start = time.perf_counter()
+    state_path = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir is not None else None
+    if state_path is not None and state_path.exists():
+        extra = engine.load(state_path, identity=identity)
+        order_gen.set_state(extra["order_generator"])
+        noise_gen.set_state(extra["noise_generator"])
+        history = HeadTrainingHistory(**extra["history"])
+    start = time.perf_counter() - history.seconds
     head.train()
     try:
-        for _ in range(epochs):
+        for _ in range(len(history.loss), epochs):
             total, sums = 0.0, {}
             for idx in torch.tensor_split(torch.randperm(n, generator=order_gen), n_batches):
                 idx = idx.to(device)
@@ -232,22 +259,17 @@ def train_head(
                     token_mask=None if token_mask is None else token_mask[idx],
                     generator=noise_gen,
                 )
-                if not bool(torch.isfinite(loss)):
-                    raise EmbeddingError(
-                        f"the {head.kind} loss became NaN/inf at step {history.steps}; lower lr (now {lr}) or "
-                        "check the features for extreme values."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(head.parameters(), max_grad_norm)
-                optimizer.step()
-                history.steps += 1
+                engine.update(loss)
                 total += float(loss.detach())
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
+            history.steps = engine.step
             history.loss.append(total / n_batches)
             history.terms.append({k: v / n_batches for k, v in sums.items()})
+            history.seconds = time.perf_counter() - start
+            if state_path is not None:
+                generators = {"order_generator": order_gen.get_state(), "noise_generator": noise_gen.get_state()}
+                engine.save(state_path, identity=identity, extra={**generators, "history": history.to_dict()})
     finally:
         head.eval()
         history.seconds = time.perf_counter() - start

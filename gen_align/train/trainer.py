@@ -13,24 +13,26 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from gen_align.errors import ConfigError, InputFileError, OutputError
+from gen_align.errors import CheckpointError, ConfigError, InputFileError, OutputError
 from gen_align.heads import HeadConfig, HeadSet
-from gen_align.io import write_json_atomic
+from gen_align.io import write_folder_atomic, write_json_atomic
 from gen_align.objectives.registry import Objective, get_objective
 from gen_align.space import AlignedSpace, write_space_checkpoint
 from gen_align.train.config import TrainConfig, check_objectives_version
+from gen_align.train.engine import Engine, OptimizerSettings, read_training_state
 from gen_align.train.features import FeatureData, ManifestData
-from gen_align.train.schedule import warmup_schedule
 from gen_align.train.validation import validation_metrics
 
 STATE_NAME = "trainer_state.json"
+ENGINE_STATE_NAME = "training_state.pt"
+RESUME_KEYS = ("features", "objective", "objective_params", "batch_size", "head", "modalities", "seed", "val_size")
 
 
 def build_heads(config: TrainConfig, dims: dict[str, int], anchor: str) -> dict[str, HeadConfig]:
@@ -120,6 +122,28 @@ def check_output_dir(out: Path, bytes_needed: int) -> None:
         )
 
 
+def remove_partial_checkpoints(folder: Path) -> None:
+    """Remove what a killed run leaves half-written in ``folder``: temporary checkpoint folders (this version's
+    ``.step-N.*.tmp`` / ``.old`` and earlier versions' ``.tmp-step-N``)."""
+    for leftover in [*folder.glob(".step-*.tmp"), *folder.glob(".step-*.old"), *folder.glob(".tmp-step-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed (a missing or unreadable file), or None."""
+    state_file = path / STATE_NAME
+    try:
+        json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{state_file.name} is missing or unreadable ({type(err).__name__})"
+    if (path / ENGINE_STATE_NAME).is_file():
+        try:
+            read_training_state(path / ENGINE_STATE_NAME)
+        except CheckpointError:
+            return f"{ENGINE_STATE_NAME} is truncated or unreadable"
+    return None
+
+
 class Trainer:
     """``Trainer(config).fit(resume=...)`` → the trained space directory and ``train_summary.json``."""
 
@@ -163,14 +187,22 @@ class Trainer:
         if towers:
             tower_params = [p for t in towers.values() for p in t.parameters()]
             groups.append({"params": tower_params, "lr": config.tower_lr or config.lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_schedule(config.warmup_steps, self.total_steps, config.schedule)
+        settings = OptimizerSettings(config.lr, config.weight_decay, config.warmup_steps, config.schedule)
+        self.engine = Engine(
+            model,
+            groups,
+            settings,
+            self.total_steps,
+            desc="train",
+            accelerator=self.accelerator,
+            diverged_hint="lower lr or use fp32",
         )
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.model = self.engine.model
+        if self.accelerator.is_main_process:
+            remove_partial_checkpoints(self.checkpoint_dir())
         self.objective = objective
         self.tau = float(self.objective.hparams.get("tau", 0.07))
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.epoch, self.batch_in_epoch = 0, 0
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------------- embedding
@@ -187,60 +219,74 @@ class Trainer:
 
         return {m: torch.cat(all_gather(v.contiguous())) for m, v in z.items()}
 
+    @property
+    def step(self) -> int:
+        """Optimiser steps taken (restored on resume)."""
+        return self.engine.step
+
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoints"
 
+    def resume_identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run that wrote the checkpoint."""
+        current = self.config.to_dict()
+        return {key: current[key] for key in RESUME_KEYS}
+
     def save_checkpoint(self) -> Path:
-        """accelerate state (heads, optimiser, scheduler, RNG) + data position, renamed into place atomically."""
+        """``step-N/``: the engine's state (heads, objective state, optimiser, schedule, scaler) and the data
+        position + history, written into a temporary folder and swapped into place; the oldest beyond
+        ``keep_checkpoints`` are removed."""
         final = self.checkpoint_dir() / f"step-{self.step:08d}"
-        tmp = self.checkpoint_dir() / f".tmp-step-{self.step:08d}"
-        try:
-            if self.accelerator.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-            self.accelerator.wait_for_everyone()
-            self.accelerator.save_state(str(tmp))
-            if self.accelerator.is_main_process:
-                state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-                write_json_atomic(tmp / STATE_NAME, {**state, "history": self.history, "config": self.config.to_dict()})
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-                for old in sorted(self.checkpoint_dir().glob("step-*"))[: -self.config.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
-        except OSError as err:
-            raise OutputError(f"could not write checkpoint {final}: {err.strerror or err}. Free disk space.") from err
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            position = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+            def write(folder: Path) -> None:
+                self.engine.save(folder / ENGINE_STATE_NAME, identity=self.resume_identity(), extra=position)
+                write_json_atomic(
+                    folder / STATE_NAME, {**position, "history": self.history, "config": self.config.to_dict()}
+                )
+
+            write_folder_atomic(final, write, hint="Free disk space, or lower keep_checkpoints.")
+            for old in sorted(self.checkpoint_dir().glob("step-*"))[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return final
 
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoint_dir().glob("step-*"))
-        return found[-1] if found else None
+        """The newest intact checkpoint; a truncated or half-deleted newer one is reported and passed over."""
+        for path in sorted(self.checkpoint_dir().glob("step-*"), reverse=True):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            warnings.warn(f"skipping the checkpoint {path}: {problem}; resuming from an older one.", stacklevel=2)
+        return None
 
     def load_checkpoint(self, path: Path) -> None:
         state_file = path / STATE_NAME
         if not state_file.is_file():
             raise InputFileError(f"{path} is not a training checkpoint (no {STATE_NAME}).")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{state_file} is unreadable ({err}); resume from another checkpoint.") from err
         saved = state["config"]
         check_objectives_version(saved.get("objectives_version"), f"the checkpoint {path}")
-        for key in (
-            "features",
-            "objective",
-            "objective_params",
-            "batch_size",
-            "head",
-            "modalities",
-            "seed",
-            "val_size",
-        ):
-            current = self.config.to_dict()[key]
-            if saved.get(key) != current:
+        if not (path / ENGINE_STATE_NAME).is_file():
+            raise CheckpointError(
+                f"{path} was written by an older gen-align (no {ENGINE_STATE_NAME}); it cannot be resumed by this "
+                "version. Start a new run in another --out (or without --resume)."
+            )
+        current = self.resume_identity()
+        for key in RESUME_KEYS:
+            if saved.get(key) != current[key]:
                 raise ConfigError(
-                    f"cannot resume from {path}: {key} was {saved.get(key)!r} there and is {current!r} now. "
+                    f"cannot resume from {path}: {key} was {saved.get(key)!r} there and is {current[key]!r} now. "
                     "Use the same settings, or start a new run in another --out."
                 )
-        self.accelerator.load_state(str(path))
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.engine.load(path / ENGINE_STATE_NAME, identity=current)
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.history = state["history"]
 
     # ---------------------------------------------------------------------------------------- training
@@ -268,9 +314,7 @@ class Trainer:
         if not self.history:
             self.history.append({"epoch": 0, "step": 0, "validation": self.validate()})
         started, samples = time.perf_counter(), 0
-        bar = tqdm(
-            total=self.total_steps, initial=self.step, desc="train", disable=not (progress and acc.is_main_process)
-        )
+        self.engine.progress(enabled=progress and acc.is_main_process)
         self.model.train()
         while self.step < self.total_steps:
             for i, rows in enumerate(self.data.batches(self.epoch, cfg.batch_size, cfg.seed)):
@@ -281,18 +325,12 @@ class Trainer:
                 with acc.autocast():
                     z = self.gather(self.embed("train", rows[acc.process_index :: acc.num_processes]))
                     loss, logs = masked_loss(self.objective, z, cfg.anchor, cfg.modality_dropout, generator)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"the loss became {loss.item()} at step {self.step}; lower lr or use fp32.")
-                acc.backward(loss)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step, self.batch_in_epoch, samples = self.step + 1, i + 1, samples + len(rows)
-                bar.update(1)
+                self.engine.update(loss)
+                self.batch_in_epoch, samples = i + 1, samples + len(rows)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                     values = {"loss": loss.item(), **{f"loss/{k}": v.item() for k, v in logs.items()}}
-                    acc.log({**values, "lr": self.scheduler.get_last_lr()[0]}, step=self.step)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
+                    acc.log({**values, "lr": self.engine.lr}, step=self.step)
+                    self.engine.bar.set_postfix(loss=f"{values['loss']:.4f}")
                 if self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if self.step >= self.total_steps:
@@ -302,7 +340,7 @@ class Trainer:
                 metrics = self.validate()
                 self.history.append({"epoch": self.epoch, "step": self.step, "validation": metrics})
                 acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)
-        bar.close()
+        self.engine.close()
         elapsed = time.perf_counter() - started
         return self.finish(samples / elapsed if elapsed > 0 else float("nan"))
 
