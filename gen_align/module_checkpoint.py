@@ -1,6 +1,7 @@
 """The checkpoint folder of our own small modules (attribute classifier, retrieval heads), Hugging Face style::
 
-    config.json         {"format": "<the module family>", "config": {...}, ...more keys of the family...}
+    config.json         {"format": "<the module family>", "config": {...}, "library_version": "...",
+                         "training": {...how it was trained, when known...}, ...more keys of the family...}
     model.safetensors   the state dict, tensors saved as they are (a round trip is bit-exact)
 
 Writing is atomic; reading checks the format tag, the keys and every tensor shape against the module, and says
@@ -25,9 +26,15 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def save_module(directory: str | os.PathLike, module: nn.Module, config: dict[str, Any]) -> Path:
-    """Write ``module``'s state dict and ``config`` (which holds at least ``format``) into ``directory``."""
+def save_module(
+    directory: str | os.PathLike, module: nn.Module, config: dict[str, Any], *, training: dict[str, Any] | None = None
+) -> Path:
+    """Write ``module``'s state dict and ``config`` (which holds at least ``format``) into ``directory``, with the
+    library version and, when given, the ``training`` settings that produced the weights."""
+    from gen_align import __version__
+
     directory = Path(directory)
+    config = {**config, "library_version": __version__, **({"training": training} if training is not None else {})}
     metadata = {k: str(config[k]) for k in ("format", "kind") if k in config}
     write_safetensors_atomic(directory / WEIGHTS_NAME, module.state_dict(), metadata)
     write_json_atomic(directory / CONFIG_NAME, config)

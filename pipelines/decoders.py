@@ -165,21 +165,13 @@ def inspect_decoder(source: str, *, weights_dir: str | None = None) -> DecoderIn
             )
         unet = UNet2DConditionModel.load_config(location, subfolder="unet")
         kind = PIPELINE_KINDS[name]
-        return DecoderInfo(kind=kind, embedding_dim=_embedding_dim(kind, unet), location=location, source=source)
+        return DecoderInfo(
+            kind=kind, embedding_dim=decoder_class(kind).unet_embedding_dim(unet), location=location, source=source
+        )
 
     return load_from_source(
         _local_or_hub(read, f"decoder {source}"), source, what=f"decoder {source}", weights_dir=weights_dir
     )
-
-
-def _embedding_dim(kind: str, unet: dict[str, Any]) -> int:
-    """The image-embedding dimension a decoder's UNet config implies (Stable UnCLIP appends a noise-level
-    embedding of the same size to its projection input)."""
-    if kind == "stable-unclip":
-        return int(unet["projection_class_embeddings_input_dim"]) // 2
-    if kind == "mini":
-        return int(unet["projection_class_embeddings_input_dim"])
-    return int(unet["encoder_hid_dim"])
 
 
 DECODER_CLASSES = {
@@ -217,6 +209,11 @@ class DiffusersDecoder(abc.ABC):
     """Extra call arguments this decoder takes, with their defaults (Stable UnCLIP: ``{"noise_level": 0}``)."""
     wants_image_tower: ClassVar[bool] = False
     """Whether the space's image tower gives this decoder something when loaded beside it (see :meth:`space_kwargs`)."""
+
+    @classmethod
+    def unet_embedding_dim(cls, unet: dict[str, Any]) -> int:
+        """The image-embedding dimension this decoder's UNet config implies (its added-condition projection input)."""
+        return int(unet["projection_class_embeddings_input_dim"])
 
     @classmethod
     def space_kwargs(cls, space: Any) -> dict[str, Any]:

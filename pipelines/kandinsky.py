@@ -42,6 +42,11 @@ class KandinskyDecoder(DiffusersDecoder):
     wants_image_tower = True  # its zero-image embedding is the decoder's negative
 
     @classmethod
+    def unet_embedding_dim(cls, unet: dict[str, Any]) -> int:
+        """The UNet's ``encoder_hid_dim``: Kandinsky 2.2 projects the image embedding into its cross-attention."""
+        return int(unet["encoder_hid_dim"])
+
+    @classmethod
     def space_kwargs(cls, space: Any) -> dict[str, Any]:
         """The prior's negative: the space's image tower (the 2.2 prior's encoder) applied to an all-zero image."""
         if "image" not in space.towers:

@@ -28,6 +28,11 @@ class StableUnCLIPDecoder(DiffusersDecoder):
     default_guidance = 10.0  # the pipeline's default
     call_options = {"noise_level": 0}  # the embedding noise level 0..999 (0: the embedding as it is)
 
+    @classmethod
+    def unet_embedding_dim(cls, unet: dict[str, Any]) -> int:
+        """Half the UNet's projection input: Stable UnCLIP appends a noise-level embedding of the same size."""
+        return int(unet["projection_class_embeddings_input_dim"]) // 2
+
     @property
     def embedding_dim(self) -> int:
         return int(self.pipe.image_normalizer.config.embedding_dim)

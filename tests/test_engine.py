@@ -3,14 +3,16 @@ recurrence written out here; its saved state resumes bit-exactly and refuses wha
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+import gen_align
 from gen_align.errors import CheckpointError, ConfigError
 from gen_align.retrieval.gare import GAREConfig, GAREHead
-from gen_align.retrieval.head_training import STATE_FILE, train_head
+from gen_align.retrieval.head_training import STATE_FILE, load_head, train_head
 from gen_align.train.engine import Engine, OptimizerSettings, TrainingDivergedError
 
 X = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
@@ -145,5 +147,9 @@ def test_a_retrieval_head_killed_between_epochs_resumes_bit_exactly(tmp_path, mo
     )
     assert (tmp_path / STATE_FILE).is_file() and len(history.loss) == 4 and history.steps == 4 * 5
     assert same_weights(full, resumed)
+    saved = json.loads((resumed.save_pretrained(tmp_path / "head") / "config.json").read_text())
+    assert saved["library_version"] == gen_align.__version__
+    assert saved["training"]["epochs"] == 4 and saved["training"]["lr"] == 1e-3 and saved["training"]["steps"] == 20
+    assert load_head(tmp_path / "head").training_record == saved["training"]
     with pytest.raises(CheckpointError, match="other settings or data"):
         train_head(head(), {"text": text, "video": video}, epochs=5, batch_size=8, seed=3, checkpoint_dir=tmp_path)

@@ -62,6 +62,7 @@ def test_training_improves_validation_recall(features, tmp_path):
     space_dir = tmp_path / "run" / "space"
     cfg = json.loads((space_dir / "config.json").read_text())
     assert cfg["heads"]["audio"]["out_dim"] == 16 and cfg["output_norm"] > 0
+    assert cfg["training"]["settings"]["lr"] == 1e-2 and cfg["training"]["settings"]["objective_params"] == params
     assert set(load_file(str(space_dir / "heads.safetensors"))) >= {"audio.net.1.weight", "text.net.1.weight"}
     assert (tmp_path / "run" / "train_summary.json").is_file()
 

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gen_align import __version__
 from gen_align.checks import integer
 from gen_align.errors import CheckpointError, ConfigError, InputDataError, WeightsNotFoundError
 from gen_align.mini.attributes import ATTRIBUTES, NAMES, NUM_LABELS, index_tensor, split_logits
@@ -127,9 +126,8 @@ class AttributeClassifier(nn.Module):
             "format": FORMAT,
             "config": dataclasses.asdict(self.config),
             "attributes": {k: list(v) for k, v in ATTRIBUTES.items()},
-            "library_version": __version__,
         }
-        return save_module(directory, self, meta)
+        return save_module(directory, self, meta, training=getattr(self, "training_record", None))
 
     @classmethod
     def from_pretrained(
@@ -219,7 +217,7 @@ def train_classifier(
         blocks = split_logits(net.head(net.features((x - _MEAN) / _STD)))
         return sum(F.cross_entropy(blocks[n], indices[batch, i]) for i, n in enumerate(NAMES))
 
-    return fit(
+    trained = fit(
         model,
         loss_fn,
         images.shape[0],
@@ -228,6 +226,8 @@ def train_classifier(
         checkpoint_dir=checkpoint_dir,
         progress=progress,
     )
+    trained.training_record = {"settings": dataclasses.asdict(settings), "items": images.shape[0], "augment": augment}
+    return trained
 
 
 def _check_training_data(images: object, indices: object, size: int) -> None:

@@ -7,7 +7,8 @@ learns from ``{query_modality: (N, d_q), gallery_modality: (N, d_g)}`` with row 
 Checkpoint directory (Hugging Face style, ``save_pretrained`` / ``from_pretrained``)::
 
     config.json         {"format": "gen-align-retrieval-head", "kind": "gare" | "gravi-align",
-                         "config": {...the head's config dataclass...}, "library_version": "..."}
+                         "config": {...the head's config dataclass...}, "library_version": "...",
+                         "training": {...the train_head settings, steps, final loss...}}
     model.safetensors   the state dict, tensors saved as they are (dtype included: a round trip is bit-exact)
 """
 
@@ -28,7 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from gen_align import __version__
 from gen_align.checks import integer, non_negative, positive
 from gen_align.errors import CheckpointError, ConfigError, EmbeddingError
 from gen_align.module_checkpoint import CONFIG_NAME, read_module_config, read_module_weights, save_module
@@ -72,9 +72,8 @@ class RetrievalHead(nn.Module, abc.ABC):
             "format": FORMAT,
             "kind": self.kind,
             "config": dataclasses.asdict(self.config),
-            "library_version": __version__,
         }
-        return save_module(directory, self, config)
+        return save_module(directory, self, config, training=getattr(self, "training_record", None))
 
     @classmethod
     def from_pretrained(
@@ -107,6 +106,7 @@ class RetrievalHead(nn.Module, abc.ABC):
         if len(dtypes) == 1:  # saved in float64 / bfloat16: load in that dtype, bit for bit
             head.to(dtypes.pop())
         head.load_state_dict(tensors)
+        head.training_record = raw.get("training")
         head.eval()
         return head.to(device) if device is not None else head
 
@@ -273,4 +273,9 @@ def train_head(
     finally:
         head.eval()
         history.seconds = time.perf_counter() - start
+    head.training_record = {
+        **identity,
+        "steps": history.steps,
+        "final_loss": history.loss[-1] if history.loss else None,
+    }
     return history

@@ -360,7 +360,12 @@ class Trainer:
             "towers": towers,
             "heads": {m: c.to_dict() for m, c in self.head_configs.items()},
             "output_norm": float(anchor_features.norm(dim=-1).mean()),
-            "training": {"objective": summary["objective"], "steps": self.step, "mode": cfg.mode},
+            "training": {
+                "objective": summary["objective"],
+                "steps": self.step,
+                "mode": cfg.mode,
+                "settings": cfg.to_dict(),
+            },
         }
         if isinstance(model, EndToEndModel):
             config["towers"] = {**towers, **{m: self.source_space.config["towers"][m] for m in model.towers}}
