@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gen_align.checks import non_negative, positive
+from gen_align.checks import integer, non_negative, positive
 from gen_align.errors import CheckpointError, ConfigError, GenAlignError
 from gen_align.io import write_bytes_atomic
 from gen_align.train.schedule import SCHEDULES, warmup_schedule
@@ -60,8 +60,7 @@ class OptimizerSettings:
     def __post_init__(self) -> None:
         positive(self.lr, "lr")
         non_negative(self.weight_decay, "weight_decay")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ConfigError(f"warmup must be an integer ≥ 0 (steps), got {self.warmup!r}.")
+        integer(self.warmup, "warmup", low=0)
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}.")
         if self.grad_clip is not None:
