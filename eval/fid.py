@@ -115,7 +115,30 @@ def feature_stats(features: ArrayLike, name: str = "features") -> FeatureStats:
 
 
 def fid_from_features(real: ArrayLike, fake: ArrayLike) -> float:
-    """FID between two (N, F) feature matrices (float64 statistics; warns when N ≤ F)."""
+    """FID between two feature sets: ‖μ_r − μ_f‖² + Tr(Σ_r + Σ_f − 2 (Σ_r Σ_f)^½) of their Gaussian statistics.
+
+    Args:
+        real: the reference features (N_r, F), e.g. Inception pool features of the reference frames.
+        fake: the generated images' features (N_f, F), from the same extractor.
+
+    Returns:
+        the Fréchet distance (float64 statistics, clamped at 0); warns with
+        :class:`RankDeficientCovarianceWarning` when N ≤ F.
+
+    Raises:
+        EmbeddingError: feature sets of different widths, fewer than 2 rows, or NaN/inf values.
+
+    Example:
+        A set against itself is at distance 0; shifting every feature by 3 moves the mean only, by 3² per feature:
+
+        >>> import torch
+        >>> from gen_align.eval.fid import fid_from_features
+        >>> real = torch.randn(500, 4, dtype=torch.float64)
+        >>> fid_from_features(real, real)
+        0.0
+        >>> round(fid_from_features(real, real + 3.0), 6)
+        36.0
+    """
     real_stats, fake_stats = feature_stats(real, "real features"), feature_stats(fake, "fake features")
     _check_same_dim(real_stats.mu.shape[0], fake_stats.mu.shape[0])
     return real_stats.fid(fake_stats)

@@ -24,6 +24,7 @@ import os
 import re
 import urllib.parse
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,39 +79,61 @@ class FIDResult:
     generated: int = 0
 
 
-def parse_conditions(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``"text,audio,text+audio,image"`` → a tuple of known conditions (no duplicates)."""
+def argument_names(names: Mapping[str, str] | None = None) -> dict[str, str]:
+    """How the harness's messages name its arguments: each :class:`FIDOptions` field and each argument of the
+    pipeline (:data:`gen_align.pipelines.session.ARGUMENT_NAMES`) by its own name, unless ``names`` says otherwise
+    (``gen-align fid`` passes its flags)."""
+    from gen_align.pipelines.session import ARGUMENT_NAMES
+
+    return {**ARGUMENT_NAMES, **{f.name: f.name for f in dataclasses.fields(FIDOptions)}, **(names or {})}
+
+
+def parse_conditions(
+    spec: str | list[str] | tuple[str, ...], names: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """``"text,audio,text+audio,image"`` → a tuple of known conditions (no duplicates); ``names``: as
+    :func:`argument_names`."""
+    flag = argument_names(names)["conditions"]
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     names = [n for n in names if n]
     if not names:
-        raise ConfigError(f"--conditions is empty; pass some of {','.join(CONDITIONS)}.")
+        raise ConfigError(f"{flag} is empty; pass some of {','.join(CONDITIONS)}.")
     unknown = [n for n in names if n not in CONDITIONS]
     if unknown:
         raise ConfigError(f"unknown condition(s) {unknown}; use a comma-separated subset of {','.join(CONDITIONS)}.")
     if len(set(names)) != len(names):
-        raise ConfigError(f"--conditions names a condition twice: {names}.")
+        raise ConfigError(f"{flag} names a condition twice: {names}.")
     return tuple(names)
 
 
-def load_extractor(spec: str, *, antialias: bool = True, resize: str = "bicubic", **kwargs: Any) -> FeatureStatistics:
+def load_extractor(
+    spec: str,
+    *,
+    antialias: bool = True,
+    resize: str = "bicubic",
+    names: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> FeatureStatistics:
     """A :class:`FeatureStatistics` for ``spec``: ``inception`` (the FID Inception), a TorchScript file, or
-    ``package.module:Name`` (an ``nn.Module`` instance, or a class/factory called without arguments)."""
-    resize = choice(resize, "--resize", tuple(RESIZE_FILTERS))
+    ``package.module:Name`` (an ``nn.Module`` instance, or a class/factory called without arguments); ``names``: as
+    :func:`argument_names`."""
+    names = argument_names(names)
+    resize = choice(resize, names["resize"], tuple(RESIZE_FILTERS))
+    flag = names["extractor"]
     if spec in ("inception", INCEPTION):
         return FeatureStatistics(INCEPTION, antialias=antialias, resize=resize, **kwargs)
-    module, name = _extractor_module(spec)
+    module, name = _extractor_module(spec, flag)
     try:
         return FeatureStatistics(module, antialias=antialias, resize=resize, extractor_name=name, **kwargs)
     except GenAlignError as err:
-        raise ConfigError(f"--extractor {spec}: {err}") from err
-    except Exception as err:  # noqa: BLE001 - a user module failing its dummy forward is a bad --extractor
+        raise ConfigError(f"{flag} {spec}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a user module failing its dummy forward is a bad extractor
         raise ConfigError(
-            f"--extractor {spec} does not map a (B, 3, H, W) uint8 batch to (B, F) features "
-            f"({type(err).__name__}: {err})."
+            f"{flag} {spec} does not map a (B, 3, H, W) uint8 batch to (B, F) features ({type(err).__name__}: {err})."
         ) from err
 
 
-def _extractor_module(spec: str) -> tuple[nn.Module, str]:
+def _extractor_module(spec: str, flag: str) -> tuple[nn.Module, str]:
     hint = "pass inception, a TorchScript file (torch.jit.save) or package.module:Name naming an nn.Module"
     path = Path(spec)
     if path.is_file():
@@ -119,10 +142,10 @@ def _extractor_module(spec: str) -> tuple[nn.Module, str]:
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
                 return torch.jit.load(str(path), map_location="cpu"), f"torchscript:{path.name}"
         except Exception as err:  # noqa: BLE001 - any load failure means the file is not a TorchScript module
-            raise ConfigError(f"--extractor {spec} is not a loadable TorchScript module ({err}); {hint}.") from err
+            raise ConfigError(f"{flag} {spec} is not a loadable TorchScript module ({err}); {hint}.") from err
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"--extractor {spec!r} is neither inception, an existing file nor MODULE:NAME; {hint}.")
+        raise ConfigError(f"{flag} {spec!r} is neither inception, an existing file nor MODULE:NAME; {hint}.")
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -130,9 +153,9 @@ def _extractor_module(spec: str) -> tuple[nn.Module, str]:
         if not isinstance(obj, nn.Module) and callable(obj):
             obj = obj()
     except Exception as err:  # noqa: BLE001 - import/attribute/constructor errors all mean "does not load"
-        raise ConfigError(f"--extractor {spec} could not be loaded ({type(err).__name__}: {err}); {hint}.") from err
+        raise ConfigError(f"{flag} {spec} could not be loaded ({type(err).__name__}: {err}); {hint}.") from err
     if not isinstance(obj, nn.Module):
-        raise ConfigError(f"--extractor {spec} gives a {type(obj).__name__}, not an nn.Module; {hint}.")
+        raise ConfigError(f"{flag} {spec} gives a {type(obj).__name__}, not an nn.Module; {hint}.")
     return obj, f"module:{spec}"
 
 
@@ -154,22 +177,58 @@ def is_valid_png(path: Path) -> bool:
         return False
 
 
-def run_fid(options: Any, fid: FIDOptions, decode: Any = None) -> FIDResult:
-    """Generate the missing images, then score every condition; ``options`` is a RuntimeOptions and ``decode``
-    a DecodeOptions (both from :mod:`gen_align.pipelines`)."""
+def run_fid(options: Any, fid: FIDOptions, decode: Any = None, *, names: Mapping[str, str] | None = None) -> FIDResult:
+    """Generate the images each condition lacks, then score every condition against the reference frames.
+
+    Args:
+        options: where the models come from (a :class:`gen_align.pipelines.session.RuntimeOptions`: preset or space,
+            decoder, device, dtype).
+        fid: what to evaluate (:class:`FIDOptions`: the manifest, the conditions, the extractor, the output).
+        decode: the sampling options (a :class:`gen_align.pipelines.pipeline.DecodeOptions`; default its
+            defaults, seed 0).
+        names: how messages name the arguments (default :func:`argument_names`; the CLI passes its flags).
+
+    Returns:
+        a :class:`FIDResult`: the files written (``fid.json``, ``fid.md``, the grids), the JSON record (empty on
+        processes other than the main one under ``accelerate launch``) and the number of images generated.
+
+    Raises:
+        ConfigError: a bad option, an extractor that does not load, or an ``out`` folder holding images made with
+            other settings.
+        InputFileError: a manifest with fewer than 2 items, or items without a reference image.
+        WeightsNotFoundError: the preset's or the space's weights are missing.
+
+    Example:
+        The mini world's test clips, through the shipped ``mini`` preset, scored with its attribute classifier::
+
+            from gen_align.eval.vggsound_fid import FIDOptions, run_fid
+            from gen_align.pipelines.session import RuntimeOptions
+            from gen_align.pipelines.pipeline import DecodeOptions
+
+            extractor = "gen_align.mini.recipes.classifier:shipped_extractor"
+            fid = FIDOptions("world/test/manifest.jsonl", extractor=extractor)
+            result = run_fid(RuntimeOptions(preset="mini"), fid, DecodeOptions(steps=10))
+            print(result.record["conditions"]["audio"]["fid"])
+
+        (``tests/test_public_api.py`` runs this example on a small world.)
+    """
     from gen_align.pipelines.blend import MODES, validate_weights
     from gen_align.pipelines.decoders import resolve_device
-    from gen_align.pipelines.generate import DecodeOptions
+    from gen_align.pipelines.pipeline import DecodeOptions
 
-    conditions = parse_conditions(fid.conditions)
-    choice(fid.mode, "--mode", MODES)
+    names = argument_names(names)
+    conditions = parse_conditions(fid.conditions, names)
+    choice(fid.mode, names["mode"], MODES)
     decode = decode or DecodeOptions()
-    decode.check()
-    limit = None if fid.limit is None else integer(fid.limit, "--limit")
-    kid_subsets = integer(fid.kid_subsets, "--kid-subsets")
-    kid_subset_size = integer(fid.kid_subset_size, "--kid-subset-size", low=2)
+    decode.check(names)
+    limit = None if fid.limit is None else integer(fid.limit, names["limit"])
+    kid_subsets = integer(fid.kid_subsets, names["kid_subsets"])
+    kid_subset_size = integer(fid.kid_subset_size, names["kid_subset_size"], low=2)
     if fid.weights is not None and "text+audio" not in conditions:
-        raise ConfigError("--weights applies to the text+audio condition; add it to --conditions or drop --weights.")
+        raise ConfigError(
+            f"{names['weights']} applies to the text+audio condition; add it to {names['conditions']} or drop "
+            f"{names['weights']}."
+        )
     weights = validate_weights(fid.weights, ["text", "audio"])
     device = resolve_device(options.device)
     rank, world, state = _process_state(device)
@@ -189,7 +248,7 @@ def run_fid(options: Any, fid: FIDOptions, decode: Any = None) -> FIDResult:
         )
     if len(subset) < 2:
         raise InputFileError(f"{manifest.path} has {len(subset)} item(s) in use; FID needs at least 2.")
-    statistics = load_extractor(fid.extractor, antialias=fid.antialias, resize=fid.resize).to(device)
+    statistics = load_extractor(fid.extractor, antialias=fid.antialias, resize=fid.resize, names=names).to(device)
     reference = reference_statistics(subset, statistics, cache_dir=fid.cache_dir, refresh=fid.refresh_reference)
     reference_cached = int(statistics.num_samples) == 0
 
@@ -202,12 +261,12 @@ def run_fid(options: Any, fid: FIDOptions, decode: Any = None) -> FIDResult:
         differ = sorted(k for k in settings if saved.get("settings", {}).get(k) != settings[k])
         raise ConfigError(
             f"{out / SETTINGS_FILE} records images made with other settings (differing: {', '.join(differ)}); "
-            "pass another --out, or delete that folder to regenerate everything."
+            f"pass another {names['out']}, or delete that folder to regenerate everything."
         )
     mine = missing[rank::world]
     models = saved.get("models") if saved is not None else None
     if mine or (rank == 0 and models is None):
-        models = _generate(options, decode, weights, fid.mode, mine, out, settings, write_settings=rank == 0)
+        models = _generate(options, decode, weights, fid.mode, mine, out, settings, names, write_settings=rank == 0)
     if state is not None:
         state.wait_for_everyone()
         if rank != 0:
@@ -362,22 +421,21 @@ def _generate(
     missing: list[tuple[str, int, ManifestItem]],
     out: Path,
     settings: dict[str, Any],
+    names: Mapping[str, str],
     *,
     write_settings: bool,
 ) -> dict[str, Any]:
     """Encode the inputs of ``missing``, decode them in chunks and save each PNG; returns the models record."""
     from gen_align.pipelines.blend import blend
-    from gen_align.pipelines.generate import CLI_FLAGS
     from gen_align.pipelines.pipeline import GenAlignPipeline
     from gen_align.pipelines.render import save_png
     from gen_align.pipelines.session import Session
 
     kinds = sorted({kind for condition, _, _ in missing for kind in INPUTS[condition]}) or ["text"]
-    session = Session(options, kinds)
+    session = Session(options, kinds, names)
     pipe = GenAlignPipeline(session, keep_encoders=False)  # every input is encoded before the decoder loads
-    pipe.argument_names = dict(CLI_FLAGS)
     sampling = decode.sampling()
-    decode.call_kwargs(session.info.kind)  # a wrong option fails before any encoding
+    decode.call_kwargs(session.info.kind, names)  # a wrong option fails before any encoding
     config = session.space.config if session.space is not None else {}
     objective = (config.get("training") or {}).get("objective")
     objective = objective.get("name") if isinstance(objective, dict) else objective  # the trainer records a dict

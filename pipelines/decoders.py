@@ -199,7 +199,8 @@ def load_decoder(source: str | DecoderInfo, *, weights_dir: str | None = None, *
 
 
 class DiffusersDecoder(abc.ABC):
-    """A diffusers unCLIP pipeline behind the :class:`Decoder` contract; subclasses implement ``_generate``."""
+    """A diffusers unCLIP pipeline behind the :class:`Decoder` contract; subclasses name the pipeline's own inputs
+    (``_pipeline_inputs``)."""
 
     pipeline_class: ClassVar[Any]
     kind: ClassVar[str]
@@ -358,7 +359,6 @@ class DiffusersDecoder(abc.ABC):
             raise ConfigError(f"{name} must be a multiple of 8 (the autoencoder's grid), got {value}.")
         return value
 
-    @abc.abstractmethod
     def _generate(
         self,
         embeds: torch.Tensor,
@@ -367,6 +367,24 @@ class DiffusersDecoder(abc.ABC):
         guidance: float,
         height: int,
         width: int,
-        **kwargs: Any,
+        **options: Any,
     ) -> list[Image.Image]:
-        """Run the pipeline on calibrated embeddings, one generator per image."""
+        """Run the pipeline on calibrated embeddings, one generator per image: the sampling arguments every
+        diffusers pipeline takes, plus the adapter's own inputs (:meth:`_pipeline_inputs`)."""
+        unknown = sorted(set(options) - set(self.call_options))
+        if unknown:
+            raise ConfigError(f"the {self.kind} decoder got unknown options {unknown}.")
+        out = self.pipe(
+            **self._pipeline_inputs(embeds, height=height, width=width, **options),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="pil",
+        )
+        return list(out.images)
+
+    @abc.abstractmethod
+    def _pipeline_inputs(self, embeds: torch.Tensor, *, height: int, width: int, **options: Any) -> dict[str, Any]:
+        """The pipeline's own keyword arguments for calibrated ``embeds``: the embeddings, the output size where
+        the pipeline takes one, and what else it needs (a negative, a noise level); ``options`` are the adapter's
+        :attr:`call_options`."""

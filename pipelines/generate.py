@@ -24,20 +24,12 @@ from .blend import MODES, validate_weights
 from .pipeline import DecodeOptions as PipelineDecodeOptions
 from .pipeline import GenAlignPipeline, blended, embedding_report, interpolated
 from .render import grid, save_gif, save_png, strip
-from .session import Condition, RuntimeOptions, Session
+from .session import ARGUMENT_NAMES, Condition, RuntimeOptions, Session
 
 __all__ = ["DecodeOptions", "Result", "blended", "embedding_report", "generate", "interpolate_images", "interpolated"]
 
-CLI_FLAGS = {
-    "num_images": "--n",
-    "frames": "--frames",
-    "mode": "--mode",
-    "seed": "--seed",
-    "steps": "--steps",
-    "guidance": "--guidance",
-    "noise_level": "--noise-level",
-    "batch_size": "--batch-size",
-}
+CLI_FLAGS = {**{name: f"--{name.replace('_', '-')}" for name in ARGUMENT_NAMES}, "num_images": "--n"}
+"""The command-line flag of every argument the library's messages name (:data:`~.session.ARGUMENT_NAMES`)."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +55,7 @@ def _one_call_pipeline(
     options: RuntimeOptions, kinds: set[str] | list[str], decode: PipelineDecodeOptions
 ) -> GenAlignPipeline:
     decode.check(CLI_FLAGS)  # cheap checks before any model is loaded
-    pipe = GenAlignPipeline(Session(options, kinds), keep_encoders=False)
-    pipe.argument_names = dict(CLI_FLAGS)
-    return pipe
+    return GenAlignPipeline(Session(options, kinds, CLI_FLAGS), keep_encoders=False)
 
 
 def generate(
@@ -84,8 +74,8 @@ def generate(
     kinds = [c.kind for c in conditions]
     if len(set(kinds)) != len(kinds):
         raise ConfigError(f"one input per kind, got {kinds}.")
-    choice(mode, "--mode", MODES)
-    integer(n, "--n", low=1)
+    choice(mode, CLI_FLAGS["mode"], MODES)
+    integer(n, CLI_FLAGS["num_images"], low=1)
     validate_weights(weights, kinds)
     decode = decode or DecodeOptions()
     pipe = _one_call_pipeline(options, kinds, decode)
@@ -114,8 +104,8 @@ def interpolate_images(
     out: str | os.PathLike = "results/interpolate",
 ) -> Result:
     """``frames`` images along the arc from ``start`` to ``end`` (endpoints included), one seed for all."""
-    choice(mode, "--mode", MODES)
-    integer(frames, "--frames", low=2, hint="(the two endpoints are always included)")
+    choice(mode, CLI_FLAGS["mode"], MODES)
+    integer(frames, CLI_FLAGS["frames"], low=2, hint="(the two endpoints are always included)")
     duration_ms = integer(duration_ms, "--duration", low=10)
     decode = decode or DecodeOptions()
     pipe = _one_call_pipeline(options, {start.kind, end.kind}, decode)

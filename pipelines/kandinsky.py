@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from diffusers import KandinskyV22Pipeline
-from PIL import Image
 from torch import nn
 
 from gen_align.errors import ConfigError, EmbeddingError
@@ -113,27 +112,6 @@ class KandinskyDecoder(DiffusersDecoder):
             raise EmbeddingError("the zero-image negative embedding is NaN/inf; compute it in float32.")
         return negative
 
-    def _generate(
-        self,
-        embeds: torch.Tensor,
-        generators: list[torch.Generator],
-        steps: int,
-        guidance: float,
-        height: int,
-        width: int,
-        **kwargs: Any,
-    ) -> list[Image.Image]:
-        if kwargs:
-            raise ConfigError(f"the kandinsky-2.2 decoder got unknown options {sorted(kwargs)}.")
+    def _pipeline_inputs(self, embeds: torch.Tensor, *, height: int, width: int) -> dict[str, Any]:
         negative = self.negative_embed.to(embeds.device, embeds.dtype).expand(len(embeds), -1)
-        out = self.pipe(
-            image_embeds=embeds,
-            negative_image_embeds=negative,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generators,
-            height=height,
-            width=width,
-            output_type="pil",
-        )
-        return list(out.images)
+        return {"image_embeds": embeds, "negative_image_embeds": negative, "height": height, "width": width}

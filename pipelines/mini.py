@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
-from PIL import Image
 from torch import Tensor
 
 from gen_align.checks import choice, integer, non_negative
@@ -51,7 +50,7 @@ class MiniUnCLIPPipeline(DiffusionPipeline):
         if unet.config.class_embed_type != "projection":
             raise ConfigError(
                 "the mini decoder's UNet needs class_embed_type='projection' (the embedding goes in as class_labels); "
-                "build it with gen_align.mini.decoder_train.unet_config."
+                "build it with gen_align.mini.recipes.decoder.unet_config."
             )
         self.register_modules(unet=unet, scheduler=scheduler)
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)
@@ -149,17 +148,5 @@ class MiniDecoder(DiffusersDecoder):
             )
         return self.native_size
 
-    def _generate(
-        self,
-        embeds: torch.Tensor,
-        generators: list[torch.Generator],
-        steps: int,
-        guidance: float,
-        height: int,
-        width: int,
-        **kwargs: Any,
-    ) -> list[Image.Image]:
-        if kwargs:
-            raise ConfigError(f"the mini decoder got unknown options {sorted(kwargs)}.")
-        out = self.pipe(image_embeds=embeds, num_inference_steps=steps, guidance_scale=guidance, generator=generators)
-        return list(out.images)
+    def _pipeline_inputs(self, embeds: torch.Tensor, *, height: int, width: int) -> dict[str, Any]:
+        return {"image_embeds": embeds}  # one size, checked by _side

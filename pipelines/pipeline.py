@@ -31,19 +31,8 @@ from gen_align.space import AlignedSpace
 from .blend import MODES, blend, interpolate, validate_weights
 from .calibration import rescale
 from .decoders import DECODER_CLASSES, DiffusersDecoder, EmbeddingStats, decoder_class
-from .session import CONDITION_KINDS, RuntimeOptions, Session
+from .session import ARGUMENT_NAMES, CONDITION_KINDS, RuntimeOptions, Session
 
-ARGUMENT_NAMES = {
-    "num_images": "num_images",
-    "frames": "frames",
-    "mode": "mode",
-    "seed": "seed",
-    "steps": "steps",
-    "guidance": "guidance",
-    "noise_level": "noise_level",
-    "batch_size": "batch_size",
-}
-"""How messages name the call's arguments (the CLI maps them to its flags)."""
 SAMPLING_OPTIONS = ("steps", "guidance", "noise_level", "batch_size", "height", "width")
 
 
@@ -175,7 +164,7 @@ class GenAlignPipeline:
     def __init__(self, session: Session, *, keep_encoders: bool = True) -> None:
         self.session = session
         self.keep_encoders = keep_encoders
-        self.argument_names: dict[str, str] = dict(ARGUMENT_NAMES)
+        self.argument_names: dict[str, str] = dict(session.names)  # how messages name the call's arguments
         self._decoder: DiffusersDecoder | None = session.load_decoder(keep_space=True) if keep_encoders else None
 
     @classmethod

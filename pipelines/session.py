@@ -1,16 +1,19 @@
 """A generation session: the space and decoder picked from options, conditions encoded and checked.
 
-Order of work (cheap checks first, so a user error costs no model loading): options → which space (``--space``,
-``--preset``, else the smallest preset whose weights are here) → its calibration → the decoder's kind and
+Order of work (cheap checks first, so a user error costs no model loading): options → which space (``space``,
+``preset``, else the smallest preset whose weights are here) → its calibration → the decoder's kind and
 dimension (JSON only) → the space's towers → encoded conditions → the decoder (the space's towers are freed
 first; a Kandinsky decoder gets its zero-image negative from the space's image tower before that).
+
+Messages name arguments as :data:`ARGUMENT_NAMES` does (``text``, ``weights``, ``dtype``); a command passes its own
+table (``pipelines/generate.py:CLI_FLAGS``) so that they name its flags instead.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +39,19 @@ from .decoders import (
 from .presence import default_preset
 
 CONDITION_KINDS = ("text", "audio", "image")
+ARGUMENT_NAMES = {
+    **{name: name for name in CONDITION_KINDS},
+    **{name: name for name in ("weights", "preset", "space", "decoder", "dtype", "offload")},
+    **{name: name for name in ("num_images", "frames", "mode", "seed", "steps", "guidance", "noise_level")},
+    "batch_size": "batch_size",
+}
+"""How messages name the arguments of the library's calls; a command maps each to its flag."""
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """Where the models come from and where they run (the shared command-line options)."""
+    """Where the models come from and where they run (:meth:`GenAlignPipeline.from_pretrained`'s arguments, the
+    commands' shared options)."""
 
     preset: str | None = None
     space: str | None = None
@@ -65,13 +76,14 @@ class Condition:
         return self.value if self.kind == "text" else str(Path(self.value).resolve())
 
 
-def check_condition(kind: str, value: str) -> Condition:
-    """A validated condition: non-empty text, or an existing audio/image file."""
+def check_condition(kind: str, value: str, names: Mapping[str, str] = ARGUMENT_NAMES) -> Condition:
+    """A validated condition: non-empty text, or an existing audio/image file (``names``: as
+    :data:`ARGUMENT_NAMES`)."""
     if kind not in CONDITION_KINDS:
         raise ConfigError(f"unknown input kind {kind!r}; use one of {CONDITION_KINDS}.")
     if kind == "text":
         if not value.strip():
-            raise ConfigError("--text is empty; give a description such as --text 'a dog barking in the rain'.")
+            raise ConfigError(f"{names['text']} is empty; give a description such as 'a dog barking in the rain'.")
         return Condition(kind, value)
     path = Path(value)
     if not path.exists():
@@ -89,12 +101,14 @@ def parse_condition(spec: str) -> Condition:
     return check_condition(kind.strip(), value)
 
 
-def parse_weights(spec: str | None, names: Iterable[str]) -> dict[str, float] | None:
-    """``"text=0.5,audio=0.5"`` → ``{"text": 0.5, "audio": 0.5}`` (validated by the blend later)."""
+def parse_weights(
+    spec: str | None, inputs: Iterable[str], names: Mapping[str, str] = ARGUMENT_NAMES
+) -> dict[str, float] | None:
+    """``"text=0.5,audio=0.5"`` → ``{"text": 0.5, "audio": 0.5}`` for the given ``inputs`` (validated by the blend
+    later; ``names``: see :data:`ARGUMENT_NAMES`)."""
     if spec is None:
         return None
-    names = list(names)
-    example = ",".join(f"{n}=0.5" for n in names) or "text=0.5,audio=0.5"
+    example = ",".join(f"{n}=0.5" for n in inputs) or "text=0.5,audio=0.5"
     weights: dict[str, float] = {}
     for item in (s.strip() for s in spec.split(",")):
         name, sep, value = item.partition("=")
@@ -103,24 +117,32 @@ def parse_weights(spec: str | None, names: Iterable[str]) -> dict[str, float] | 
         except ValueError:
             number = None
         if not sep or not name.strip() or number is None:
-            raise ConfigError(f"cannot parse --weights {spec!r} at {item!r}; write NAME=NUMBER pairs: {example}.")
+            raise ConfigError(
+                f"cannot parse {names['weights']} {spec!r} at {item!r}; write NAME=NUMBER pairs: {example}."
+            )
         if name.strip() in weights:
-            raise ConfigError(f"--weights names {name.strip()!r} twice; give each input one weight: {example}.")
+            raise ConfigError(
+                f"{names['weights']} names {name.strip()!r} twice; give each input one weight: {example}."
+            )
         weights[name.strip()] = number
     return weights
 
 
 class Session:
-    """The space + decoder chosen by :class:`RuntimeOptions` for a set of input kinds."""
+    """The space + decoder chosen by :class:`RuntimeOptions` for a set of input kinds; messages name the options
+    as ``names`` does (see :data:`ARGUMENT_NAMES`)."""
 
-    def __init__(self, options: RuntimeOptions, kinds: Iterable[str]) -> None:
+    def __init__(
+        self, options: RuntimeOptions, kinds: Iterable[str], names: Mapping[str, str] = ARGUMENT_NAMES
+    ) -> None:
         self.options = options
+        self.names = names
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
         if options.offload and self.device.type != "cuda":
-            raise ConfigError("--offload (model CPU offload) needs a CUDA GPU; leave it out on the CPU.")
+            raise ConfigError(f"{names['offload']} (model CPU offload) needs a CUDA GPU; leave it out on the CPU.")
         if options.preset and options.space:
-            raise ConfigError("pass either --preset or --space, not both.")
+            raise ConfigError(f"pass either {names['preset']} or {names['space']}, not both.")
         kinds = sorted(set(kinds))
         self.source = options.space or options.preset or default_preset(kinds, options.weights_dir)
         config = AlignedSpace.from_pretrained(self.source, modalities=[]).config
@@ -128,8 +150,8 @@ class Session:
         decoder = options.decoder or config.get("decoder") or getattr(PRESETS.get(self.preset), "decoder", None)
         if decoder is None:
             raise ConfigError(
-                f"the space {self.source} names no preset or decoder; pass --decoder PATH_OR_HUB_ID "
-                "(e.g. stabilityai/stable-diffusion-2-1-unclip)."
+                f"the space {self.source} names no preset or decoder; pass {names['decoder']} (a decoder folder or "
+                "hub id, e.g. stabilityai/stable-diffusion-2-1-unclip)."
             )
         self.stats: EmbeddingStats = options.stats or find_stats(
             _ConfigOnly(config), weights_dir=options.weights_dir, checkpoint=options.space
@@ -160,13 +182,14 @@ class Session:
         if not bool(torch.isfinite(z).all()):
             raise EmbeddingError(
                 f"the {kind} embedding of {label!r} has NaN/inf values; "
-                "the encoder overflowed or the input is degenerate — use --dtype fp32 or another input."
+                f"the encoder overflowed or the input is degenerate — use float32 ({self.names['dtype']} fp32) "
+                "or another input."
             )
         if z.shape[-1] != self.info.embedding_dim:
             raise ConfigError(
                 f"dimension mismatch: the space {self.source} gives {z.shape[-1]}-d {kind} embeddings but "
                 f"the {self.info.kind} decoder {self.info.source} takes {self.info.embedding_dim}-d ones; pass the "
-                "decoder this space was trained for (--decoder) or the matching --preset."
+                f"decoder this space was trained for ({self.names['decoder']}) or the matching {self.names['preset']}."
             )
         if self.stats.embedding_dim is not None and self.stats.embedding_dim != z.shape[-1]:
             raise ConfigError(

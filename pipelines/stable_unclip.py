@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from diffusers import StableUnCLIPImg2ImgPipeline
-from PIL import Image
 
 from gen_align.checks import integer
 from gen_align.errors import ConfigError
@@ -55,28 +54,13 @@ class StableUnCLIPDecoder(DiffusersDecoder):
             raise ConfigError(f"noise level must be an integer in 0..{self.max_noise_level}, got {noise_level!r}.")
         return level
 
-    def _generate(
-        self,
-        embeds: torch.Tensor,
-        generators: list[torch.Generator],
-        steps: int,
-        guidance: float,
-        height: int,
-        width: int,
-        noise_level: int = 0,
-        **kwargs: Any,
-    ) -> list[Image.Image]:
-        if kwargs:
-            raise ConfigError(f"the stable-unclip decoder got unknown options {sorted(kwargs)}.")
-        out = self.pipe(
-            image_embeds=embeds,
-            prompt=[""] * len(embeds),
-            noise_level=self.check_noise_level(noise_level),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generators,
-            height=height,
-            width=width,
-            output_type="pil",
-        )
-        return list(out.images)
+    def _pipeline_inputs(
+        self, embeds: torch.Tensor, *, height: int, width: int, noise_level: int = 0
+    ) -> dict[str, Any]:
+        return {
+            "image_embeds": embeds,
+            "prompt": [""] * len(embeds),
+            "noise_level": self.check_noise_level(noise_level),
+            "height": height,
+            "width": width,
+        }

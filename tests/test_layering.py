@@ -17,7 +17,7 @@ FLOORS = (  # lowest first; the longest matching prefix places a module
     ("foundation", ("gen_align.errors", "gen_align.checks", "gen_align.io", "gen_align.tensors", "gen_align.weights",
                     "gen_align.module_checkpoint")),
     ("parts", ("gen_align.objectives", "gen_align.diagnostics", "gen_align.encoders", "gen_align.data",
-               "gen_align.heads", "gen_align.presets")),
+               "gen_align.heads", "gen_align.presets", "gen_align.mini.world")),
     ("space", ("gen_align.space", "gen_align.feature_extraction", "gen_align.train", "gen_align.retrieval")),
     ("pipelines", ("gen_align.pipelines",)),
     ("applications", ("gen_align.eval", "gen_align.app", "gen_align.mini")),

@@ -12,8 +12,7 @@ from sklearn.metrics import accuracy_score
 
 from gen_align.errors import CheckpointError, ConfigError, InputDataError, WeightsNotFoundError
 from gen_align.mini import shipped
-from gen_align.mini.attributes import ATTRIBUTES, NAMES
-from gen_align.mini.classifier import (
+from gen_align.mini.recipes.classifier import (
     AttributeClassifier,
     AttributeClassifierConfig,
     attribute_accuracy,
@@ -21,7 +20,8 @@ from gen_align.mini.classifier import (
     shipped_extractor,
     train_classifier,
 )
-from gen_align.mini.loop import FitSettings
+from gen_align.mini.recipes.loop import FitSettings
+from gen_align.mini.world.attributes import ATTRIBUTES, NAMES
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -162,7 +162,7 @@ def test_shipped_extractor_missing_weights(monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFoundError, match="gen-align mini train --ship"):
         shipped_extractor()
     with pytest.raises(ConfigError, match="gen-align mini train --ship"):
-        load_extractor("gen_align.mini.classifier:shipped_extractor")
+        load_extractor("gen_align.mini.recipes.classifier:shipped_extractor")
 
 
 def test_shipped_extractor_loads_a_shipped_classifier(monkeypatch, tmp_path):
@@ -170,7 +170,7 @@ def test_shipped_extractor_loads_a_shipped_classifier(monkeypatch, tmp_path):
 
     AttributeClassifier(SMALL).eval().save_pretrained(tmp_path / "classifier")
     monkeypatch.setattr(shipped, "MINI_CLASSIFIER", tmp_path / "classifier")
-    stats = load_extractor("gen_align.mini.classifier:shipped_extractor")
+    stats = load_extractor("gen_align.mini.recipes.classifier:shipped_extractor")
     assert stats.num_features == SMALL.feature_dim and stats.image_size == 32
 
 

@@ -11,10 +11,10 @@ import torch
 from diffusers import DDPMScheduler
 from tiny_models import HIDDEN, tiny_space
 
-import gen_align.mini.decoder_train as decoder_train
+import gen_align.mini.recipes.decoder as decoder_train
 from gen_align.errors import ConfigError, EmbeddingError, InputDataError
-from gen_align.mini.decoder_train import build_unet, train_decoder, unet_config
-from gen_align.mini.loop import FitSettings
+from gen_align.mini.recipes.decoder import build_unet, train_decoder, unet_config
+from gen_align.mini.recipes.loop import FitSettings
 from gen_align.pipelines.decoders import Decoder, EmbeddingStats, inspect_decoder, load_decoder
 from gen_align.pipelines.generate import DecodeOptions, generate
 from gen_align.pipelines.mini import MiniDecoder, MiniUnCLIPPipeline, mini_scheduler

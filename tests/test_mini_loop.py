@@ -9,9 +9,9 @@ from torch import nn
 
 from gen_align.cli import main
 from gen_align.errors import CheckpointError, ConfigError, InputDataError
-from gen_align.mini.loop import STATE_FILE, FitSettings, TrainingDivergedError, fit
-from gen_align.mini.tokenizer import build_tokenizer
-from gen_align.mini.towers import fbanks, pretrain_clip
+from gen_align.mini.recipes.loop import STATE_FILE, FitSettings, TrainingDivergedError, fit
+from gen_align.mini.recipes.tokenizer import build_tokenizer
+from gen_align.mini.recipes.towers import fbanks, pretrain_clip
 
 X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
 Y = X @ torch.tensor([1.0, -2.0, 0.5])

@@ -11,9 +11,9 @@ import torch
 
 from gen_align.cli import main
 from gen_align.data.manifest import read_manifest
-from gen_align.mini.build import STAGES, MiniPaths
-from gen_align.mini.recipe import OBJECTIVES
-from gen_align.mini.tokenizer import build_tokenizer
+from gen_align.mini.recipes.build import STAGES, MiniPaths
+from gen_align.mini.recipes.recipe import OBJECTIVES
+from gen_align.mini.recipes.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def test_a_changed_recipe_retrains_a_stage_instead_of_resuming_its_old_state(smo
 
     from safetensors.torch import load_file
 
-    from gen_align.mini.build import MiniBuild
-    from gen_align.mini.recipe import smoke_recipe
+    from gen_align.mini.recipes.build import MiniBuild
+    from gen_align.mini.recipes.recipe import smoke_recipe
 
     work = tmp_path / "work"
     shutil.copytree(smoke_run[0], work)
@@ -60,8 +60,8 @@ def test_a_changed_head_recipe_retrains_the_heads_instead_of_reusing_them(smoke_
     import shutil
     from dataclasses import replace
 
-    from gen_align.mini.build import MiniBuild
-    from gen_align.mini.recipe import smoke_recipe
+    from gen_align.mini.recipes.build import MiniBuild
+    from gen_align.mini.recipes.recipe import smoke_recipe
 
     work = tmp_path / "work"
     shutil.copytree(smoke_run[0], work)
@@ -151,8 +151,8 @@ def test_tokenizer_learns_whole_caption_words():
 def test_reuse_shipped_marks_the_shipped_models_done_for_the_full_recipe(tmp_path, capsys):
     """`mini train --reuse-shipped`: towers (base-space without heads), decoder and classifier come from the package,
     recorded under the full recipe's stage hashes, so only world, features and heads are trained."""
-    from gen_align.mini.build import MiniBuild, seed_from_shipped
-    from gen_align.mini.recipe import FULL
+    from gen_align.mini.recipes.build import MiniBuild, seed_from_shipped
+    from gen_align.mini.recipes.recipe import FULL
     from gen_align.space import AlignedSpace
 
     work = tmp_path / "work"

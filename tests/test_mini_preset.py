@@ -10,9 +10,9 @@ import soundfile as sf
 import torch
 
 from gen_align.cli import main
-from gen_align.mini.attributes import NAMES, index_tensor
 from gen_align.mini.shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_EXAMPLES, MINI_SPACE, MINI_WEIGHTS
-from gen_align.mini.world import make_item
+from gen_align.mini.world.attributes import NAMES, index_tensor
+from gen_align.mini.world.dataset import make_item
 
 UNSEEN_SEED = 12345  # a world seed no shipped model was trained or tested on
 ITEMS = 24
@@ -32,7 +32,7 @@ def unseen(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shipped():
-    from gen_align.mini.classifier import AttributeClassifier
+    from gen_align.mini.recipes.classifier import AttributeClassifier
     from gen_align.pipelines.decoders import load_decoder
     from gen_align.space import AlignedSpace
 
@@ -58,7 +58,7 @@ def test_it_is_the_offline_default(tmp_path, monkeypatch):
 
 
 def _accuracy(classifier, images, items) -> dict[str, float]:
-    from gen_align.mini.classifier import attribute_accuracy
+    from gen_align.mini.recipes.classifier import attribute_accuracy
 
     return attribute_accuracy(classifier, images, index_tensor([i["attributes"] for i in items]))
 

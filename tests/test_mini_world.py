@@ -19,10 +19,10 @@ from PIL import Image
 
 from gen_align.data.manifest import read_manifest
 from gen_align.errors import ConfigError, GenAlignError, InputFileError, OutputError
-from gen_align.mini.attributes import ATTRIBUTES
-from gen_align.mini.captions import SYNONYMS, TEMPLATES
-from gen_align.mini.render import shape_mask, shape_polygon
-from gen_align.mini.world import build_world, make_item, read_world, world_items
+from gen_align.mini.world.attributes import ATTRIBUTES
+from gen_align.mini.world.captions import SYNONYMS, TEMPLATES
+from gen_align.mini.world.dataset import build_world, make_item, read_world, world_items
+from gen_align.mini.world.render import shape_mask, shape_polygon
 
 RECOVERY_ITEMS = 60
 MIN_RATE = 0.95
@@ -342,7 +342,7 @@ def test_missing_or_unreadable_world_json(tmp_path):
 
 
 def test_disk_error_names_the_file(tmp_path, monkeypatch):
-    import gen_align.mini.world as world_module
+    import gen_align.mini.world.dataset as world_module
 
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")

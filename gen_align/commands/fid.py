@@ -7,18 +7,20 @@ from typing import Any
 
 from gen_align.commands._decoding import add_model_arguments, add_sampling_arguments, model_options, sampling_options
 
-MINI_EXTRACTOR = "gen_align.mini.classifier:shipped_extractor"
+MINI_EXTRACTOR = "gen_align.mini.recipes.classifier:shipped_extractor"
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen_align.eval.vggsound_fid import FIDOptions, parse_conditions, run_fid
+    from gen_align.eval.vggsound_fid import FIDOptions, argument_names, parse_conditions, run_fid
+    from gen_align.pipelines.generate import CLI_FLAGS
     from gen_align.pipelines.session import parse_weights
 
-    conditions = parse_conditions(args.conditions)
+    flags = {name: CLI_FLAGS.get(name, f"--{name.replace('_', '-')}") for name in argument_names()}
+    conditions = parse_conditions(args.conditions, flags)
     fid = FIDOptions(
         manifest=args.manifest,
         conditions=conditions,
-        weights=parse_weights(args.weights, ["text", "audio"]),
+        weights=parse_weights(args.weights, ["text", "audio"], flags),
         mode=args.mode,
         limit=args.limit,
         extractor=args.extractor or default_extractor(model_options(args)),
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         refresh_reference=args.refresh_reference,
         out=args.out,
     )
-    result = run_fid(model_options(args), fid, sampling_options(args))
+    result = run_fid(model_options(args), fid, sampling_options(args), names=flags)
     if not result.record:
         print(f"generated {result.generated} image(s) on this process")
         return 0
@@ -82,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--extractor",
         help="inception, a TorchScript file, or package.module:Name of an nn.Module (default: inception; for the "
-        "mini preset its attribute classifier, gen_align.mini.classifier:shipped_extractor)",
+        "mini preset its attribute classifier, gen_align.mini.recipes.classifier:shipped_extractor)",
     )
     f.add_argument(
         "--antialias",

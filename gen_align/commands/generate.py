@@ -8,14 +8,16 @@ from gen_align.commands._decoding import add_model_arguments, add_sampling_argum
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen_align.pipelines.generate import generate
+    from gen_align.pipelines.generate import CLI_FLAGS, generate
     from gen_align.pipelines.session import check_condition, parse_weights
 
-    conditions = [check_condition(k, getattr(args, k)) for k in ("text", "audio", "image") if getattr(args, k)]
+    conditions = [
+        check_condition(k, getattr(args, k), CLI_FLAGS) for k in ("text", "audio", "image") if getattr(args, k)
+    ]
     result = generate(
         model_options(args),
         conditions,
-        weights=parse_weights(args.weights, [c.kind for c in conditions]),
+        weights=parse_weights(args.weights, [c.kind for c in conditions], CLI_FLAGS),
         mode=args.mode,
         n=args.n,
         decode=sampling_options(args),

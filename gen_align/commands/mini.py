@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from gen_align.mini.world import build_world
+    from gen_align.mini.world.dataset import build_world
 
     out = build_world(args.out, seed=args.seed, train=args.train, test=args.test, progress=not args.quiet)
     print(f"mini world (seed {args.seed}): {args.train} train + {args.test} test items in {out}")
@@ -24,8 +24,8 @@ def _build(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from gen_align.mini.build import STAGES, MiniBuild, ship
-    from gen_align.mini.recipe import FULL, smoke_recipe
+    from gen_align.mini.recipes.build import STAGES, MiniBuild, ship
+    from gen_align.mini.recipes.recipe import FULL, smoke_recipe
     from gen_align.mini.shipped import MINI_WEIGHTS
 
     if args.threads:
@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown stage(s) {unknown}; choose from {','.join(STAGES)}.")
     started = time.perf_counter()
     if args.reuse_shipped:
-        from gen_align.mini.build import seed_from_shipped
+        from gen_align.mini.recipes.build import seed_from_shipped
 
         if recipe != FULL:
             from gen_align.errors import ConfigError

@@ -26,11 +26,10 @@ from gen_align.data.manifest import read_manifest
 from gen_align.diagnostics import holder_divergence, modality_gap
 from gen_align.errors import InputFileError
 from gen_align.io import write_json_atomic, write_text_atomic
+from gen_align.mini.recipes.build import MiniPaths, attributes_of, image_tensor
+from gen_align.mini.recipes.recipe import OBJECTIVES
+from gen_align.mini.world.attributes import NAMES as ATTRIBUTE_NAMES
 from gen_align.retrieval.metrics import retrieval_metrics
-
-from .attributes import NAMES as ATTRIBUTE_NAMES
-from .build import MiniPaths, attributes_of, image_tensor
-from .recipe import OBJECTIVES
 
 CONDITIONS = {"text": ("text",), "audio": ("audio",), "text+audio": ("text", "audio")}
 COLUMNS = {"text": "T2I", "audio": "A2I", "text+audio": "(T+A)→I", "image": "I→I (recon.)"}
@@ -73,8 +72,7 @@ class _Scorer:
 
     def score(self, images: torch.Tensor) -> dict[str, float]:
         from gen_align.eval.fid import feature_stats
-
-        from .classifier import attribute_accuracy
+        from gen_align.mini.recipes.classifier import attribute_accuracy
 
         fid = self.reference.fid(feature_stats(self._features(images), "generated images"))
         accuracy = attribute_accuracy(self.classifier, images, self.truth[: len(images)])
@@ -87,12 +85,11 @@ def _pixels(images: list[Image.Image]) -> torch.Tensor:
 
 def evaluate(options: EvalOptions) -> dict[str, Any]:
     """Run the whole evaluation; returns the JSON record (also written with the table and the sample grid)."""
+    from gen_align.mini.recipes.classifier import AttributeClassifier
     from gen_align.pipelines.blend import blend
     from gen_align.pipelines.decoders import EmbeddingStats
     from gen_align.pipelines.pipeline import GenAlignPipeline
     from gen_align.space import AlignedSpace
-
-    from .classifier import AttributeClassifier
 
     paths = MiniPaths(Path(options.work))
     needed = [paths.manifest("test"), paths.features("test"), paths.base_space, paths.decoder, paths.classifier]

@@ -135,7 +135,29 @@ class GAREOutput(NamedTuple):
 
 
 class GAREHead(RetrievalHead):
-    """ψ, the variational bottleneck and the decoder of the module docstring."""
+    """ψ, the variational bottleneck and the decoder of the module docstring.
+
+    Train it with :func:`~gen_align.retrieval.head_training.train_head` (``head="gare"``), save it with
+    :meth:`save_pretrained`, load it with :func:`~gen_align.retrieval.head_training.load_head`; score all pairs
+    with :meth:`score`, or re-rank a cosine top-K with :meth:`rerank`.
+
+    Args:
+        config: the sizes and loss weights (:class:`GAREConfig`).
+
+    Example:
+        The decoder starts at zero, so before training Δ = 0 and GARE scores are plain cosine similarities:
+
+        >>> import torch
+        >>> from gen_align.retrieval.gare import GAREConfig, GAREHead
+        >>> head = GAREHead(GAREConfig(dim=8, num_heads=2))
+        >>> queries, gallery = torch.randn(3, 8), torch.randn(6, 8)
+        >>> cosine = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
+        >>> torch.allclose(head.score(queries, gallery), cosine, atol=1e-6)
+        True
+        >>> top = cosine.topk(4, dim=1).indices  # re-rank each query's 4 best candidates
+        >>> head.rerank(queries, gallery, top).shape
+        torch.Size([3, 4])
+    """
 
     kind = "gare"
     config_class = GAREConfig
@@ -308,8 +330,21 @@ class GAREHead(RetrievalHead):
         *,
         chunk_size: int = 64,
     ) -> torch.Tensor:
-        """(Nq, Ng) deterministic scores s_ij = cos(t_i + W_dec μ_ij, v_j), ``chunk_size`` queries at a time
-        (memory ≈ chunk_size · Ng · (d + H·L) floats; for large galleries re-rank a top-K with :meth:`rerank`)."""
+        """Deterministic scores s_ij = cos(t_i + W_dec μ_ij, v_j) of every query against every gallery item.
+
+        Args:
+            queries: query embeddings t (Nq, dim). gallery: gallery embeddings v (Ng, dim).
+            tokens: gallery token features (Ng, L, token_dim) (default: each item's embedding as its one token).
+            token_mask: (Ng, L) booleans, True where a token is present (default: all present).
+            chunk_size: queries scored at once (memory ≈ chunk_size · Ng · (d + H·L) floats; for large
+                galleries re-rank a top-K with :meth:`rerank`).
+
+        Returns:
+            the (Nq, Ng) scores.
+
+        Raises:
+            EmbeddingError: embeddings or tokens of the wrong shape or dimension, or non-finite values.
+        """
         integer(chunk_size, "chunk_size", hint="It is the number of queries scored against the gallery at once.")
         t = self._embeddings(queries, "queries")
         v = self._embeddings(gallery, "gallery")
@@ -332,8 +367,21 @@ class GAREHead(RetrievalHead):
         *,
         chunk_size: int = 256,
     ) -> torch.Tensor:
-        """(Nq, K) deterministic scores of each query's K candidate gallery indices (e.g. a cosine top-K);
-        sort each row descending to get the re-ranked order."""
+        """Deterministic scores of each query's K candidate gallery items (a two-stage search: e.g. a cosine or
+        ANN top-K first, then GARE on those K).
+
+        Args:
+            queries: query embeddings (Nq, dim). gallery: gallery embeddings (Ng, dim).
+            candidates: (Nq, K) integer gallery indices, one row per query.
+            tokens, token_mask: as in :meth:`score`. chunk_size: queries re-ranked at once.
+
+        Returns:
+            the (Nq, K) scores, column k for ``candidates[:, k]``; sort each row descending for the new order.
+
+        Raises:
+            InputDataError: candidates that are not a (Nq, K) integer array of indices inside the gallery.
+            EmbeddingError: as in :meth:`score`.
+        """
         integer(chunk_size, "chunk_size", hint="It is the number of queries re-ranked at once.")
         t = self._embeddings(queries, "queries")
         v = self._embeddings(gallery, "gallery")

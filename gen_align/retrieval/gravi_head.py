@@ -95,7 +95,26 @@ class GaussianHead(nn.Module):
 
 
 class GraviAlignHead(RetrievalHead):
-    """A query and a gallery :class:`GaussianHead`, scored with :func:`gravi_score` (module docstring)."""
+    """A query and a gallery :class:`GaussianHead`, scored with :func:`gravi_score` (module docstring).
+
+    Train it with :func:`~gen_align.retrieval.head_training.train_head` (``head="gravi-align"``), save it with
+    :meth:`save_pretrained`, load it with :func:`~gen_align.retrieval.head_training.load_head`.
+
+    Args:
+        config: the dimensions, head kind, temperature and variance floor (:class:`GraviAlignConfig`).
+
+    Example:
+        Each side maps its features to a diagonal Gaussian; :meth:`score` compares every pair:
+
+        >>> import torch
+        >>> from gen_align.retrieval.gravi_head import GraviAlignConfig, GraviAlignHead
+        >>> head = GraviAlignHead(GraviAlignConfig(query_dim=8, gallery_dim=8, dim=8))
+        >>> mu, variance = head.encode(torch.randn(3, 8), "query")
+        >>> mu.shape, bool((variance > 0).all())
+        (torch.Size([3, 8]), True)
+        >>> head.score(torch.randn(3, 8), torch.randn(5, 8)).shape
+        torch.Size([3, 5])
+    """
 
     kind = "gravi-align"
     config_class = GraviAlignConfig
@@ -136,7 +155,17 @@ class GraviAlignHead(RetrievalHead):
 
     @torch.no_grad()
     def score(self, queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """(Nq, Ng) GraviAlign scores for retrieval (no gradients)."""
+        """GraviAlign scores A + B + C of every query against every gallery item, without gradients.
+
+        Args:
+            queries: query features (Nq, query_dim). gallery: gallery features (Ng, gallery_dim).
+
+        Returns:
+            the (Nq, Ng) scores (higher is closer).
+
+        Raises:
+            EmbeddingError: features of the wrong dimension, or NaN/inf values.
+        """
         return self(queries, gallery)
 
     def training_loss(

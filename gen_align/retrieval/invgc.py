@@ -168,10 +168,39 @@ def invgc(
 
         x_i' = normalise( ½ [ normalise(x_i − r_g Σ_j w_ij^g g_j) + normalise(x_i − r_q Σ_j w_ij^q q_j) ] )
 
-    with w from ``adjacency`` ("full" = InvGC, "local" = InvGC w/ LocalAdj, "avgpool" = AvgPool baseline)
-    and k = max(1, ⌊k_percent · N_b / 100⌋) neighbours per row for local/avgpool; see the module docstring.
-    Score queries against the result with plain cosine. Computed in the inputs' dtype (≥ float32;
-    ``backend="faiss"`` finds neighbours in float32).
+    with w from ``adjacency`` and k = max(1, ⌊k_percent · N_b / 100⌋) neighbours per row for local/avgpool (see
+    the module docstring). Score queries against the result with plain cosine. Computed in the inputs' dtype
+    (≥ float32; ``backend="faiss"`` finds neighbours in float32).
+
+    Args:
+        gallery: the test gallery (N, d) to post-process (normalised here).
+        train_gallery: the gallery bank g (N_g, d), e.g. the training split's gallery embeddings.
+        train_query: the query bank q (N_q, d), e.g. the training split's query embeddings.
+        r_g: propagation rate against the gallery bank (≥ 0; :func:`tune_invgc` picks it on validation).
+        r_q: propagation rate against the query bank (≥ 0).
+        adjacency: ``"full"`` (InvGC), ``"local"`` (InvGC w/ LocalAdj) or ``"avgpool"`` (the AvgPool baseline).
+        k_percent: the neighbours of local / avgpool, in percent of each bank.
+        backend: ``"blocked"`` (default), ``"faiss"`` or ``"dense"`` (the published layout, a reference).
+        block_size: gallery rows per block of scores (memory ≈ block_size · N_b).
+
+    Returns:
+        the processed gallery (N, d), unit rows, in the inputs' dtype.
+
+    Raises:
+        ConfigError: a negative rate, an unknown adjacency or backend, a bad block size.
+        EmbeddingError: inputs that are not (N, d) finite embeddings of one dimension.
+
+    Example:
+        With both rates 0 InvGC leaves the (normalised) gallery as it is:
+
+        >>> import torch
+        >>> from gen_align.retrieval.invgc import invgc
+        >>> gallery, bank = torch.randn(5, 8), torch.randn(20, 8)
+        >>> same = invgc(gallery, bank, bank, r_g=0.0, r_q=0.0)
+        >>> torch.allclose(same, gallery / gallery.norm(dim=1, keepdim=True), atol=1e-6)
+        True
+        >>> invgc(gallery, bank, bank, r_g=0.5, r_q=0.5, adjacency="local", k_percent=10).shape
+        torch.Size([5, 8])
     """
     r_g, r_q = _check_rate(r_g, "r_g"), _check_rate(r_q, "r_q")
     _settings(adjacency, backend, block_size)
@@ -198,13 +227,39 @@ def tune_invgc(
     chunk_size: int = 1024,
 ) -> dict[str, Any]:
     """Pick (r_g, r_q) from ``grid`` × ``grid`` by R@1 of cosine retrieval ``query`` → InvGC(``gallery``) on a
-    validation split (``gt`` as in :func:`~gen_align.retrieval.metrics.retrieval_metrics`).
+    validation split.
 
     The two messages do not depend on r, so they are computed once and each grid point costs one
     normalisation and one scoring pass. Ties in R@1 go to the smaller r_g + r_q, then the smaller r_g;
-    with 0 in the grid the choice is never worse than plain cosine on the validation split. Returns
-    ``{"r_g", "r_q", "R@1", "baseline_R@1", "at_grid_max", "grid", "results": [[r_g, r_q, R@1], ...]}``;
-    ``at_grid_max`` says a chosen rate is the largest of a grid with more than one value (extend the grid).
+    with 0 in the grid the choice is never worse than plain cosine on the validation split.
+
+    Args:
+        query: validation queries (Nq, d).
+        gallery: the validation gallery (N, d) that InvGC processes.
+        train_gallery: the gallery bank (N_g, d). train_query: the query bank (N_q, d).
+        adjacency: ``"full"``, ``"local"`` or ``"avgpool"``, as in :func:`invgc`. k_percent: as in :func:`invgc`.
+        gt: the ground truth, as in :func:`~gen_align.retrieval.metrics.retrieval_metrics` (default: query i ↔
+            gallery item i).
+        grid: the rates tried for r_g and r_q alike (default :data:`DEFAULT_R_GRID`).
+        backend, block_size: as in :func:`invgc`. chunk_size: queries scored at once.
+
+    Returns:
+        ``{"r_g", "r_q", "R@1", "baseline_R@1", "at_grid_max", "adjacency", "k_percent", "grid", "results"}``,
+        ``results`` holding ``[r_g, r_q, R@1]`` per grid point; ``at_grid_max`` says a chosen rate is the largest
+        of a grid with more than one value (extend the grid).
+
+    Raises:
+        ConfigError: an empty grid or a negative rate, an unknown adjacency or backend.
+        EmbeddingError: queries and gallery of different dimensions, or non-finite embeddings.
+
+    Example:
+        >>> import torch
+        >>> from gen_align.retrieval.invgc import tune_invgc
+        >>> g = torch.randn(30, 8)
+        >>> q = g + 0.5 * torch.randn(30, 8)  # query i belongs to gallery item i
+        >>> best = tune_invgc(q, g, g, q, adjacency="local", k_percent=10, grid=(0.0, 0.1, 0.5))
+        >>> best["R@1"] >= best["baseline_R@1"]  # (0, 0), plain cosine, is in the grid
+        True
     """
     _settings(adjacency, backend, block_size)
     rates = [_check_rate(r, "grid value") for r in grid]

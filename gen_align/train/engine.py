@@ -1,5 +1,5 @@
 """The optimisation engine every gen-align training loop runs on: written once, used by the heads trainer
-(:mod:`gen_align.train.trainer`), the mini-world models (:mod:`gen_align.mini.loop`) and the retrieval heads
+(:mod:`gen_align.train.trainer`), the mini-world models (:mod:`gen_align.mini.recipes.loop`) and the retrieval heads
 (:mod:`gen_align.retrieval.head_training`).
 
 A loop owns its data (what a batch is, how the order is drawn); the engine owns everything after the loss:

@@ -31,8 +31,8 @@ from gen_align.encoders.beats import BEATs, BEATsConfig, compute_fbank, num_fram
 from gen_align.encoders.beats_tower import BEATsTower
 from gen_align.encoders.clip import CLIPTextTower, CLIPVisionTower
 from gen_align.errors import InputDataError
+from gen_align.mini.world.attributes import NUM_LABELS, multi_hot
 
-from .attributes import NUM_LABELS, multi_hot
 from .loop import FitSettings, fit
 from .tokenizer import build_tokenizer
 

@@ -31,8 +31,8 @@ from gen_align.data.cache import FeatureCache
 from gen_align.data.manifest import Manifest, read_manifest
 from gen_align.errors import InputFileError
 from gen_align.io import write_json_atomic
+from gen_align.mini.world.attributes import index_tensor
 
-from .attributes import index_tensor
 from .recipe import SHIPPED_OBJECTIVE, MiniRecipe
 from .towers import EMBEDDING_DIM, fbanks, pretrain_beats, pretrain_clip
 
@@ -102,7 +102,7 @@ def anchor_features(paths: MiniPaths, split: str, ids: list[str]) -> torch.Tenso
 
 
 class MiniBuild:
-    """Runs the stages of :mod:`gen_align.mini.build` for one ``recipe`` under ``work``."""
+    """Runs the stages of :mod:`gen_align.mini.recipes.build` for one ``recipe`` under ``work``."""
 
     def __init__(self, work: str | Path, recipe: MiniRecipe, *, progress: bool = True) -> None:
         self.paths = MiniPaths(Path(work))
@@ -152,7 +152,7 @@ class MiniBuild:
 
     # ------------------------------------------------------------------------------------------ stages
     def world(self) -> None:
-        from .world import build_world
+        from gen_align.mini.world.dataset import build_world
 
         r = self.recipe
         build_world(
@@ -255,7 +255,7 @@ class MiniBuild:
         return (validation["R@1/text->image"] + validation["R@1/audio->image"]) / 2
 
     def decoder(self) -> None:
-        from .decoder_train import train_decoder
+        from .decoder import train_decoder
 
         manifest = read_manifest(self.paths.manifest("train"))
         images = image_tensor([item.image for item in manifest.items])
@@ -304,9 +304,8 @@ def seed_from_shipped(work: str | Path, recipe: MiniRecipe, source: Path | None 
     Valid when the package's preset was shipped from ``recipe`` (the hashes recorded are that recipe's); the
     stages.json entries say ``"source": "shipped"``. Stages already done in ``work`` are left alone. Returns
     the stages it seeded."""
+    from gen_align.mini.shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_SPACE, MINI_WEIGHTS
     from gen_align.space import AlignedSpace
-
-    from .shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_SPACE, MINI_WEIGHTS
 
     source = MINI_WEIGHTS if source is None else Path(source)
     build = MiniBuild(work, recipe, progress=False)
@@ -341,9 +340,8 @@ def _stage_hash_in(marker: Path) -> str | None:
 def ship(paths: MiniPaths, target: Path, *, objective: str = SHIPPED_OBJECTIVE, seed: int = 0) -> Path:
     """Copy the ``objective`` space (towers inside, preset ``mini``), decoder, classifier and example inputs of a
     finished run into ``target`` (the package's ``mini/weights``), replacing what was there."""
+    from gen_align.mini.shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_EXAMPLES, MINI_SPACE
     from gen_align.space import AlignedSpace
-
-    from .shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_EXAMPLES, MINI_SPACE
 
     staging = target.with_name(target.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)

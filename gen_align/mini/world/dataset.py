@@ -23,10 +23,10 @@ import gen_align
 from gen_align.checks import choice, integer
 from gen_align.errors import ConfigError, InputFileError, OutputError
 from gen_align.io import write_json_atomic, write_text_atomic
-from gen_align.mini.attributes import ATTRIBUTES, NAMES
-from gen_align.mini.captions import make_caption
-from gen_align.mini.render import IMAGE_SIZE, Background, draw_background, draw_colour, draw_pose, render_image
-from gen_align.mini.sound import DURATION_S, SAMPLE_RATE, Sound, draw_sound, synthesize, wav_bytes
+from gen_align.mini.world.attributes import ATTRIBUTES, NAMES
+from gen_align.mini.world.captions import make_caption
+from gen_align.mini.world.render import IMAGE_SIZE, Background, draw_background, draw_colour, draw_pose, render_image
+from gen_align.mini.world.sound import DURATION_S, SAMPLE_RATE, Sound, draw_sound, synthesize, wav_bytes
 
 FORMAT = "gen-align-mini-world/1"  # bump when the generated content changes
 WORLD_FILE = "world.json"

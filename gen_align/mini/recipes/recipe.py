@@ -27,7 +27,7 @@ class MiniRecipe:
     decoder: FitSettings = FitSettings(
         steps=3000, batch_size=64, lr=7e-4, warmup=200, ema_decay=0.999, checkpoint_every=250
     )
-    # Min-SNR-γ loss weighting (decoder_train.min_snr_weights): γ = 5 lost background texture (reconstruction
+    # Min-SNR-γ loss weighting (recipes.decoder.min_snr_weights): γ = 5 lost background texture (reconstruction
     # accuracy 81 % vs 93 % unweighted, docs/mini.md), so the recipe leaves the loss unweighted
     decoder_snr_gamma: float | None = None
     classifier: FitSettings = FitSettings(steps=800, batch_size=256, lr=2e-3, warmup=50, checkpoint_every=200)

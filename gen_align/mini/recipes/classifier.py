@@ -3,7 +3,8 @@
 Two roles: its penultimate features are the FID feature network of the mini world (``forward`` maps a uint8
 ``(B, 3, H, W)`` batch to ``(B, feature_dim)`` features, the :class:`gen_align.eval.features.FeatureStatistics`
 extractor contract), and its predictions give the attribute accuracy of generated images
-(:func:`attribute_accuracy`). ``--extractor gen_align.mini.classifier:shipped_extractor`` loads the shipped copy.
+(:func:`attribute_accuracy`). ``--extractor gen_align.mini.recipes.classifier:shipped_extractor`` loads the
+shipped copy.
 
 Checkpoint directory (``save_pretrained`` / ``from_pretrained``)::
 
@@ -27,8 +28,8 @@ from torch import Tensor, nn
 
 from gen_align.checks import integer
 from gen_align.errors import CheckpointError, ConfigError, InputDataError, WeightsNotFoundError
-from gen_align.mini.attributes import ATTRIBUTES, NAMES, NUM_LABELS, index_tensor, split_logits
-from gen_align.mini.loop import FitSettings, fit
+from gen_align.mini.recipes.loop import FitSettings, fit
+from gen_align.mini.world.attributes import ATTRIBUTES, NAMES, NUM_LABELS, index_tensor, split_logits
 from gen_align.module_checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_module_config, read_module_weights, save_module
 
 __all__ = [
@@ -243,7 +244,7 @@ def _check_training_data(images: object, indices: object, size: int) -> None:
         got = (tuple(indices.shape), indices.dtype) if isinstance(indices, Tensor) else type(indices).__name__
         raise InputDataError(
             f"indices must be an (N, 4) long tensor of attribute indices in {list(NAMES)} order, got {got}; "
-            "build it with gen_align.mini.attributes.index_tensor(attribute_dicts)."
+            "build it with gen_align.mini.world.attributes.index_tensor(attribute_dicts)."
         )
     if indices.shape[0] != images.shape[0]:
         raise InputDataError(f"{images.shape[0]} images but {indices.shape[0]} index rows; give one row per image.")
@@ -364,7 +365,7 @@ def _pil_tensor(image: Any, size: int) -> Tensor:
 # ---------------------------------------------------------------------------------------------- shipped
 def shipped_extractor() -> AttributeClassifier:
     """The shipped classifier (``gen_align.mini.shipped.MINI_CLASSIFIER``), for ``--extractor
-    gen_align.mini.classifier:shipped_extractor``."""
+    gen_align.mini.recipes.classifier:shipped_extractor``."""
     from gen_align.mini import shipped
 
     directory = Path(shipped.MINI_CLASSIFIER)  # read at call time (tests and tools may repoint it)
