@@ -81,9 +81,9 @@ class FIDResult:
 
 def argument_names(names: Mapping[str, str] | None = None) -> dict[str, str]:
     """How the harness's messages name its arguments: each :class:`FIDOptions` field and each argument of the
-    pipeline (:data:`gen_align.pipelines.session.ARGUMENT_NAMES`) by its own name, unless ``names`` says otherwise
+    pipeline (:data:`gen_align.pipelines.arguments.ARGUMENT_NAMES`) by its own name, unless ``names`` says otherwise
     (``gen-align fid`` passes its flags)."""
-    from gen_align.pipelines.session import ARGUMENT_NAMES
+    from gen_align.pipelines.arguments import ARGUMENT_NAMES
 
     return {**ARGUMENT_NAMES, **{f.name: f.name for f in dataclasses.fields(FIDOptions)}, **(names or {})}
 

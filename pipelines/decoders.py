@@ -16,7 +16,7 @@ import importlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -28,6 +28,8 @@ from gen_align.checks import integer, non_negative
 from gen_align.errors import ConfigError, DecoderOutOfMemoryError, EmbeddingError, GenAlignError, InputFileError
 from gen_align.weights import load_from_source
 
+from .arguments import ARGUMENT_NAMES, memory_hint
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 PIPELINE_KINDS = {
@@ -35,7 +37,6 @@ PIPELINE_KINDS = {
     "KandinskyV22Pipeline": "kandinsky-2.2",
     "MiniUnCLIPPipeline": "mini",
 }
-MEMORY_HINT = "try --offload (model CPU offload), --attention-slicing, a smaller --n or --batch-size, or --dtype fp16"
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ class Decoder(Protocol):
 
 
 # ---------------------------------------------------------------------------------------- device / dtype
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else the CPU. An unavailable CUDA device is a ConfigError."""
+def resolve_device(device: str | torch.device | None, names: Mapping[str, str] = ARGUMENT_NAMES) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else the CPU. An unavailable CUDA device is a ConfigError (its
+    message names the arguments as ``names`` does)."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -82,15 +84,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N.") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            f"--device {device} was asked for but this torch ({torch.__version__}) sees no CUDA GPU; "
-            "use --device cpu (or leave --device out to pick the GPU when there is one)."
+            f"{names['device']} {device} was asked for but this torch ({torch.__version__}) sees no CUDA GPU; "
+            f"use {names['device']} cpu (or leave {names['device']} out to pick the GPU when there is one)."
         )
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {device} is not supported; use cpu or cuda.")
     return device
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, names: Mapping[str, str] = ARGUMENT_NAMES
+) -> torch.dtype:
     """``None``: fp16 on CUDA, fp32 on the CPU. fp16 asked for on the CPU falls back to fp32 (with a warning)."""
     if dtype is None:
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -104,7 +108,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         warnings.warn("fp16 is not supported well on the CPU; using fp32 instead.", UserWarning, stacklevel=2)
         return torch.float32
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU has no bfloat16 support; use --dtype fp16.")
+        raise ConfigError(f"this GPU has no bfloat16 support; use {names['dtype']} fp16.")
     return dtype
 
 
@@ -151,7 +155,9 @@ def _local_or_hub(read: Callable[[str], Any], what: str) -> Callable[..., Any]:
     return loader
 
 
-def inspect_decoder(source: str, *, weights_dir: str | None = None) -> DecoderInfo:
+def inspect_decoder(
+    source: str, *, weights_dir: str | None = None, names: Mapping[str, str] = ARGUMENT_NAMES
+) -> DecoderInfo:
     """Kind and embedding dimension of the decoder at ``source`` (folder, ``$GEN_ALIGN_HOME/<id>`` or hub id)."""
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
@@ -160,7 +166,7 @@ def inspect_decoder(source: str, *, weights_dir: str | None = None) -> DecoderIn
         if name not in PIPELINE_KINDS:
             raise ConfigError(
                 f"{location} holds a {name} pipeline; gen-align decodes embeddings with "
-                f"{' or '.join(PIPELINE_KINDS)} (--decoder stabilityai/stable-diffusion-2-1-unclip or "
+                f"{' or '.join(PIPELINE_KINDS)} ({names['decoder']} stabilityai/stable-diffusion-2-1-unclip or "
                 "kandinsky-community/kandinsky-2-2-decoder)."
             )
         unet = UNet2DConditionModel.load_config(location, subfolder="unet")
@@ -193,8 +199,9 @@ def decoder_class(kind: str) -> type[DiffusersDecoder]:
 
 def load_decoder(source: str | DecoderInfo, *, weights_dir: str | None = None, **kwargs: Any) -> DiffusersDecoder:
     """The adapter for the pipeline at ``source`` (Stable UnCLIP, Kandinsky 2.2 or mini); ``kwargs`` go to its
-    ``from_pretrained`` (device, dtype, offload, attention_slicing, stats, …)."""
-    info = source if isinstance(source, DecoderInfo) else inspect_decoder(source, weights_dir=weights_dir)
+    ``from_pretrained`` (device, dtype, offload, attention_slicing, stats, names, …)."""
+    names = kwargs.get("names", ARGUMENT_NAMES)
+    info = source if isinstance(source, DecoderInfo) else inspect_decoder(source, weights_dir=weights_dir, names=names)
     return decoder_class(info.kind).from_pretrained(info.location, weights_dir=weights_dir, **kwargs)
 
 
@@ -231,12 +238,14 @@ class DiffusersDecoder(abc.ABC):
         offload: bool = False,
         attention_slicing: bool = False,
         progress: bool = True,
+        names: Mapping[str, str] = ARGUMENT_NAMES,
     ) -> None:
         self.pipe = pipe
         self.stats = stats
-        self.device = resolve_device(device)
+        self.names = names  # how messages name the arguments (a command passes its flags)
+        self.device = resolve_device(device, names)
         if offload and self.device.type != "cuda":
-            raise ConfigError("--offload (model CPU offload) needs a CUDA GPU; leave it out on the CPU.")
+            raise ConfigError(f"{names['offload']} (model CPU offload) needs a CUDA GPU; leave it out on the CPU.")
         try:
             if offload:
                 pipe.enable_model_cpu_offload(device=self.device)
@@ -245,7 +254,7 @@ class DiffusersDecoder(abc.ABC):
         except torch.OutOfMemoryError as err:
             torch.cuda.empty_cache()
             raise DecoderOutOfMemoryError(
-                f"the GPU ran out of memory loading the {self.kind} decoder; {MEMORY_HINT}."
+                f"the GPU ran out of memory loading the {self.kind} decoder; {memory_hint(names)}."
             ) from err
         if attention_slicing:
             pipe.enable_attention_slicing()
@@ -262,7 +271,8 @@ class DiffusersDecoder(abc.ABC):
         **kwargs: Any,
     ) -> DiffusersDecoder:
         """Load the pipeline from a folder, ``$GEN_ALIGN_HOME/<id>`` or the hub, in ``dtype`` on ``device``."""
-        torch_dtype = resolve_dtype(dtype, resolve_device(device))
+        names = kwargs.get("names", ARGUMENT_NAMES)
+        torch_dtype = resolve_dtype(dtype, resolve_device(device, names), names)
         what = f"{cls.kind} decoder {source}"
         with warnings.catch_warnings():  # newer diffusers rename torch_dtype to dtype; older ones only know torch_dtype
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
@@ -310,7 +320,7 @@ class DiffusersDecoder(abc.ABC):
         if embeds.shape[1] != self.embedding_dim:
             raise EmbeddingError(
                 f"the {self.kind} decoder takes {self.embedding_dim}-d image embeddings but got {embeds.shape[1]}-d "
-                "ones; use the space made for this decoder (its preset) or pass the matching --decoder."
+                f"ones; use the space made for this decoder (its preset) or pass the matching {self.names['decoder']}."
             )
         if not bool(torch.isfinite(embeds).all()):
             raise EmbeddingError(
@@ -334,9 +344,10 @@ class DiffusersDecoder(abc.ABC):
         pipeline's), ``batch_size`` images per pipeline call (default: all), one seed per image."""
         embeds = self.check_embeds(embeds)
         generators = make_generators(seed, len(embeds))
-        steps = integer(self.default_steps if steps is None else steps, "steps", low=1)
-        guidance = non_negative(self.default_guidance if guidance is None else guidance, "guidance")
-        batch = integer(batch_size or len(embeds), "batch size", low=1)
+        names = self.names
+        steps = integer(self.default_steps if steps is None else steps, names["steps"], low=1)
+        guidance = non_negative(self.default_guidance if guidance is None else guidance, names["guidance"])
+        batch = integer(batch_size or len(embeds), names["batch_size"], low=1)
         height, width = (self._side(v, name) for v, name in ((height, "height"), (width, "width")))
         images: list[Image.Image] = []
         for start in range(0, len(embeds), batch):
@@ -349,14 +360,14 @@ class DiffusersDecoder(abc.ABC):
                 torch.cuda.empty_cache()
                 raise DecoderOutOfMemoryError(
                     f"the GPU ran out of memory generating {len(chunk)} {width}x{height} image(s) with the "
-                    f"{self.kind} decoder; {MEMORY_HINT}."
+                    f"{self.kind} decoder; {memory_hint(self.names)}."
                 ) from err
         return images
 
     def _side(self, value: int | None, name: str) -> int:
-        value = integer(self.native_size if value is None else value, name, low=8)
+        value = integer(self.native_size if value is None else value, self.names[name], low=8)
         if value % 8:
-            raise ConfigError(f"{name} must be a multiple of 8 (the autoencoder's grid), got {value}.")
+            raise ConfigError(f"{self.names[name]} must be a multiple of 8 (the autoencoder's grid), got {value}.")
         return value
 
     def _generate(

@@ -20,16 +20,17 @@ from gen_align.checks import choice, integer
 from gen_align.errors import ConfigError
 from gen_align.io import write_json_atomic
 
+from .arguments import ARGUMENT_NAMES
 from .blend import MODES, validate_weights
 from .pipeline import DecodeOptions as PipelineDecodeOptions
 from .pipeline import GenAlignPipeline, blended, embedding_report, interpolated
 from .render import grid, save_gif, save_png, strip
-from .session import ARGUMENT_NAMES, Condition, RuntimeOptions, Session
+from .session import Condition, RuntimeOptions, Session
 
 __all__ = ["DecodeOptions", "Result", "blended", "embedding_report", "generate", "interpolate_images", "interpolated"]
 
 CLI_FLAGS = {**{name: f"--{name.replace('_', '-')}" for name in ARGUMENT_NAMES}, "num_images": "--n"}
-"""The command-line flag of every argument the library's messages name (:data:`~.session.ARGUMENT_NAMES`)."""
+"""The command-line flag of every argument the library's messages name (:data:`~.arguments.ARGUMENT_NAMES`)."""
 
 
 @dataclass(frozen=True)

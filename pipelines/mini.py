@@ -144,7 +144,7 @@ class MiniDecoder(DiffusersDecoder):
         if value is not None and value != self.native_size:
             raise ConfigError(
                 f"the mini decoder draws {self.native_size}x{self.native_size} pixels only (a pixel-space model has "
-                f"one size), got {name} {value!r}; leave --height/--width out."
+                f"one size), got {name} {value!r}; leave {self.names['height']}/{self.names['width']} out."
             )
         return self.native_size
 

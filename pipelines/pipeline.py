@@ -28,10 +28,11 @@ from gen_align.checks import choice, integer, non_negative
 from gen_align.errors import ConfigError
 from gen_align.space import AlignedSpace
 
+from .arguments import ARGUMENT_NAMES
 from .blend import MODES, blend, interpolate, validate_weights
 from .calibration import rescale
 from .decoders import DECODER_CLASSES, DiffusersDecoder, EmbeddingStats, decoder_class
-from .session import ARGUMENT_NAMES, CONDITION_KINDS, RuntimeOptions, Session
+from .session import CONDITION_KINDS, RuntimeOptions, Session
 
 SAMPLING_OPTIONS = ("steps", "guidance", "noise_level", "batch_size", "height", "width")
 

@@ -5,8 +5,8 @@ Order of work (cheap checks first, so a user error costs no model loading): opti
 dimension (JSON only) → the space's towers → encoded conditions → the decoder (the space's towers are freed
 first; a Kandinsky decoder gets its zero-image negative from the space's image tower before that).
 
-Messages name arguments as :data:`ARGUMENT_NAMES` does (``text``, ``weights``, ``dtype``); a command passes its own
-table (``pipelines/generate.py:CLI_FLAGS``) so that they name its flags instead.
+Messages name arguments as :data:`~.arguments.ARGUMENT_NAMES` does (``text``, ``weights``, ``dtype``); a command passes
+its own table (``pipelines/generate.py:CLI_FLAGS``) so that they name its flags instead.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from gen_align.errors import ConfigError, EmbeddingError, InputFileError
 from gen_align.presets import PRESETS
 from gen_align.space import AlignedSpace
 
+from .arguments import ARGUMENT_NAMES
 from .calibration import find_stats
 from .decoders import (
     DTYPE_NAMES,
@@ -39,13 +40,6 @@ from .decoders import (
 from .presence import default_preset
 
 CONDITION_KINDS = ("text", "audio", "image")
-ARGUMENT_NAMES = {
-    **{name: name for name in CONDITION_KINDS},
-    **{name: name for name in ("weights", "preset", "space", "decoder", "dtype", "offload")},
-    **{name: name for name in ("num_images", "frames", "mode", "seed", "steps", "guidance", "noise_level")},
-    "batch_size": "batch_size",
-}
-"""How messages name the arguments of the library's calls; a command maps each to its flag."""
 
 
 @dataclass(frozen=True)
@@ -137,8 +131,8 @@ class Session:
     ) -> None:
         self.options = options
         self.names = names
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.device = resolve_device(options.device, names)
+        self.dtype = resolve_dtype(options.dtype, self.device, names)
         if options.offload and self.device.type != "cuda":
             raise ConfigError(f"{names['offload']} (model CPU offload) needs a CUDA GPU; leave it out on the CPU.")
         if options.preset and options.space:
@@ -156,7 +150,7 @@ class Session:
         self.stats: EmbeddingStats = options.stats or find_stats(
             _ConfigOnly(config), weights_dir=options.weights_dir, checkpoint=options.space
         )
-        self.info: DecoderInfo = inspect_decoder(decoder, weights_dir=options.weights_dir)
+        self.info: DecoderInfo = inspect_decoder(decoder, weights_dir=options.weights_dir, names=names)
         towers = set(kinds)
         if decoder_class(self.info.kind).wants_image_tower and "image" in config["towers"]:
             towers.add("image")  # e.g. Kandinsky's negative is its zero-image embedding
@@ -218,6 +212,7 @@ class Session:
             attention_slicing=o.attention_slicing,
             stats=self.stats,
             progress=o.progress,
+            names=self.names,
             **extra,
         )
 

@@ -96,7 +96,7 @@ def test_call_errors_say_what_is_wrong(decoder):
     bad[0, 3] = float("nan")
     with pytest.raises(EmbeddingError, match="NaN"):
         decoder(bad, steps=1)
-    with pytest.raises(ConfigError, match="16x16 pixels only.*leave --height/--width out"):
+    with pytest.raises(ConfigError, match="16x16 pixels only.*leave height/width out"):
         decoder(embeds(1), steps=1, height=32)
     with pytest.raises(ConfigError, match="unknown options"):
         decoder(embeds(1), steps=1, noise_level=3)

@@ -163,3 +163,27 @@ def test_fid_harness_example_runs(tmp_path, monkeypatch):
     for condition in ("text", "audio", "text+audio", "image"):
         assert record["conditions"][condition]["images"] == 4
         assert math.isfinite(record["conditions"][condition]["fid"])
+
+
+def test_library_messages_name_arguments_and_the_cli_names_flags(pipe, capsys):
+    """The same mistakes, made from Python and from the command line: each message names what the caller typed."""
+    from gen_align.cli import main
+    from gen_align.pipelines.session import check_condition, parse_weights
+
+    with pytest.raises(ConfigError, match=r"^offload \(model CPU offload\) needs a CUDA GPU"):
+        gen_align.GenAlignPipeline.from_pretrained("mini", offload=True)
+    with pytest.raises(ConfigError, match=r"^text is empty"):
+        check_condition("text", "   ")
+    with pytest.raises(ConfigError, match=r"^cannot parse weights 'text0\.5'"):
+        parse_weights("text0.5", ["text"])
+    with pytest.raises(ConfigError, match=r"got height 64; leave height/width out"):
+        pipe(text="a red star", num_images=1, steps=1, height=64)
+    with pytest.raises(ConfigError, match=r"^num_images must be an integer >= 1"):
+        pipe(text="a red star", num_images=0)
+    for argv, flag in (
+        (["--offload"], "--offload (model CPU offload) needs a CUDA GPU"),
+        (["--height", "64", "--steps", "1", "--n", "1"], "leave --height/--width out"),
+        (["--n", "0"], "--n must be an integer >= 1"),
+    ):
+        assert main(["generate", "--preset", "mini", "--text", "a red star", *argv]) == 2
+        assert flag in capsys.readouterr().err
