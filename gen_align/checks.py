@@ -45,3 +45,12 @@ def choice(value: object, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {tuple(choices)}.")
     return value
+
+
+def flag(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else a ConfigError (a string such as "false" would otherwise count as true)."""
+    from gen_align.errors import ConfigError
+
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}.")
+    return value

@@ -74,12 +74,19 @@ def read_module_weights(directory: Path, module: nn.Module, *, what: str, fix: s
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({err}); it is corrupt or truncated: {fix}."
         ) from err
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
+    mismatch = state_mismatch(module.state_dict(), tensors)
+    if mismatch:
         raise CheckpointError(
-            f"{path} does not match its config.json (missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {wrong[:5]}): the two files come from different {what}s; {fix}."
+            f"{path} does not match its config.json ({mismatch}): the two files come from different {what}s; {fix}."
         )
     return tensors
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``tensors`` from loading into a module whose state dict is ``expected`` ("missing [...],
+    unexpected [...], wrong shapes [...]", five names each at most), or None when every key and shape matches."""
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
+    if not (missing or unexpected or wrong):
+        return None
+    return f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"

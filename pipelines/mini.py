@@ -1,10 +1,13 @@
-"""The mini world's unCLIP decoder: a pixel-space diffusers UNet conditioned on a raw image embedding.
+"""The mini world's unCLIP decoder: a diffusers UNet conditioned on a raw image embedding, in the latent space of
+a small ``AutoencoderKL`` (as the real unCLIP decoders) or, without an autoencoder, in pixel space.
 
 Conditioning is Stable UnCLIP's: the UNet has ``class_embed_type="projection"`` and gets the ``(B, d)`` embedding
 as ``class_labels`` (raw scale, as trained), added to its timestep embedding and applied by FiLM
 (``resnet_time_scale_shift="scale_shift"``). There is no cross-attention. The classifier-free-guidance negative
-is a zero vector (training drops the condition to zeros). Images are ``3 × S × S`` in ``[-1, 1]``; each image's
-initial noise comes from its own generator (on the CPU), so image ``i`` depends only on its seed.
+is a zero vector (training drops the condition to zeros). With a ``vae`` the UNet denoises latents
+``C × s × s`` scaled by ``vae.config.scaling_factor`` (Stable Diffusion's convention) and the autoencoder decodes
+them to ``3 × S × S`` images, ``S = s · 2^(levels − 1)``; without one it denoises the images in ``[-1, 1]`` directly.
+Each image's initial noise comes from its own generator (on the CPU), so image ``i`` depends only on its seed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    UNet2DConditionModel,
+)
 from diffusers.image_processor import VaeImageProcessor
 from torch import Tensor
 
@@ -40,20 +50,34 @@ def mini_scheduler(**overrides: Any) -> DDIMScheduler:
 
 
 class MiniUnCLIPPipeline(DiffusionPipeline):
-    """Pixel-space unCLIP: ``unet`` (UNet2DConditionModel with a projection class embedding) + ``scheduler``
-    (DDIM by default; DDPM works too)."""
+    """unCLIP from a raw image embedding: ``unet`` (UNet2DConditionModel with a projection class embedding),
+    ``scheduler`` (DDIM by default; DDPM works too) and, for a latent decoder, ``vae`` (``AutoencoderKL``)."""
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
 
-    def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler | DDPMScheduler) -> None:
+    def __init__(
+        self, unet: UNet2DConditionModel, scheduler: DDIMScheduler | DDPMScheduler, vae: AutoencoderKL | None = None
+    ) -> None:
         super().__init__()
         if unet.config.class_embed_type != "projection":
             raise ConfigError(
                 "the mini decoder's UNet needs class_embed_type='projection' (the embedding goes in as class_labels); "
                 "build it with gen_align.mini.recipes.decoder.unet_config."
             )
-        self.register_modules(unet=unet, scheduler=scheduler)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=True)
+        if vae is not None and vae.config.latent_channels != unet.config.in_channels:
+            raise ConfigError(
+                f"the autoencoder gives {vae.config.latent_channels}-channel latents but the UNet takes "
+                f"{unet.config.in_channels} channels; they come from different decoders."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel along a side (1 in pixel space)."""
+        vae = getattr(self, "vae", None)
+        return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
     def embedding_dim(self) -> int:
@@ -61,7 +85,13 @@ class MiniUnCLIPPipeline(DiffusionPipeline):
 
     @property
     def sample_size(self) -> int:
+        """The UNet's side (latent pixels with a ``vae``)."""
         return int(self.unet.config.sample_size)
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images drawn."""
+        return self.sample_size * self.vae_scale_factor
 
     def initial_noise(self, generators: list[torch.Generator]) -> torch.Tensor:
         """``(B, C, S, S)`` standard normal noise, image ``i`` drawn from ``generators[i]`` on the CPU."""
@@ -101,6 +131,8 @@ class MiniUnCLIPPipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(x, t)
             prediction = self.guided_prediction(model_input, t, embeds, guidance)
             x = self.scheduler.step(prediction, t, x, generator=generators).prev_sample
+        if getattr(self, "vae", None) is not None:
+            x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         images = self.image_processor.postprocess(x.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
@@ -138,13 +170,13 @@ class MiniDecoder(DiffusersDecoder):
 
     @property
     def native_size(self) -> int:
-        return int(self.pipe.unet.config.sample_size)
+        return int(self.pipe.image_size)
 
     def _side(self, value: int | None, name: str) -> int:
         if value is not None and value != self.native_size:
             raise ConfigError(
-                f"the mini decoder draws {self.native_size}x{self.native_size} pixels only (a pixel-space model has "
-                f"one size), got {name} {value!r}; leave {self.names['height']}/{self.names['width']} out."
+                f"the mini decoder draws {self.native_size}x{self.native_size} pixels only (a model trained at one "
+                f"size), got {name} {value!r}; leave {self.names['height']}/{self.names['width']} out."
             )
         return self.native_size
 

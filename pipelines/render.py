@@ -1,5 +1,8 @@
 """Putting generated images on disk: PNGs, a contact-sheet grid, an interpolation strip and an animated GIF.
 
+Single PNGs keep the decoder's native resolution. Sheets, strips and GIFs are for looking at, so small images
+(the mini world's 32×32) are enlarged by a whole factor, with nearest-neighbour sampling, until a cell is at least
+:data:`VIEW_SIDE` pixels: every generated pixel becomes a clean square, and nothing is invented.
 Every file is encoded in memory and written with :func:`gen_align.io.write_bytes_atomic` (no partial files).
 """
 
@@ -18,6 +21,16 @@ from gen_align.errors import InputDataError
 from gen_align.io import write_bytes_atomic
 
 BACKGROUND = (255, 255, 255)
+VIEW_SIDE = 128
+
+
+def viewable(images: Sequence[Image.Image], min_side: int = VIEW_SIDE) -> list[Image.Image]:
+    """``images`` enlarged by the smallest whole factor that makes the smallest side ≥ ``min_side`` (nearest)."""
+    images = _check(images)
+    factor = max(1, math.ceil(integer(min_side, "min_side", low=1) / min(min(im.size) for im in images)))
+    if factor == 1:
+        return images
+    return [im.resize((im.width * factor, im.height * factor), Image.Resampling.NEAREST) for im in images]
 
 
 def _check(images: Sequence[Image.Image]) -> list[Image.Image]:
@@ -27,9 +40,12 @@ def _check(images: Sequence[Image.Image]) -> list[Image.Image]:
     return [im.convert("RGB") for im in images]
 
 
-def grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 4) -> Image.Image:
-    """A contact sheet: images in rows of ``columns`` (default ``ceil(sqrt(n))``) cells of the largest size."""
-    images = _check(images)
+def grid(
+    images: Sequence[Image.Image], columns: int | None = None, pad: int = 4, min_side: int = VIEW_SIDE
+) -> Image.Image:
+    """A contact sheet: images in rows of ``columns`` (default ``ceil(sqrt(n))``) cells of the largest size, each
+    enlarged as :func:`viewable` does (``min_side=1`` keeps the native size)."""
+    images = viewable(images, min_side)
     columns = integer(columns or math.ceil(math.sqrt(len(images))), "grid columns", low=1)
     rows = math.ceil(len(images) / columns)
     cell_w = max(im.width for im in images)
@@ -41,9 +57,9 @@ def grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 4
     return sheet
 
 
-def strip(images: Sequence[Image.Image], pad: int = 0) -> Image.Image:
-    """Images side by side in one row."""
-    return grid(images, columns=len(list(images)), pad=pad)
+def strip(images: Sequence[Image.Image], pad: int = 0, min_side: int = VIEW_SIDE) -> Image.Image:
+    """Images side by side in one row (enlarged as in :func:`grid`)."""
+    return grid(images, columns=len(list(images)), pad=pad, min_side=min_side)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -52,9 +68,12 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def gif_bytes(frames: Sequence[Image.Image], duration_ms: int = 200, boomerang: bool = False) -> bytes:
-    """An endlessly looping GIF of ``frames`` (``boomerang``: played forwards then backwards)."""
-    frames = _check(frames)
+def gif_bytes(
+    frames: Sequence[Image.Image], duration_ms: int = 200, boomerang: bool = False, min_side: int = VIEW_SIDE
+) -> bytes:
+    """An endlessly looping GIF of ``frames`` (``boomerang``: played forwards then backwards), enlarged as in
+    :func:`grid`."""
+    frames = viewable(frames, min_side)
     duration_ms = integer(duration_ms, "GIF frame duration (ms)", low=10)
     if boomerang and len(frames) > 2:
         frames = frames + frames[-2:0:-1]

@@ -168,7 +168,8 @@ def test_interpolate_strip(served, world):
         "a dog", None, None, None, audio, None, frames, "slerp", 0, 2, 10, api_name="/interpolate"
     )
     image = Image.open(strip if isinstance(strip, str) else strip["path"])
-    assert image.size == (frames * SIZE, SIZE)
+    cell = SIZE * 8  # 16-pixel images enlarged (nearest) by the smallest whole factor reaching 128 pixels
+    assert image.size == (frames * cell, cell)
     assert report["t"] == [0.0, 0.5, 1.0] and set(report["start"]) == {"text"} and set(report["end"]) == {"audio"}
     assert report["norm_after"] == pytest.approx(NORM, rel=1e-4)
     with pytest.raises(Exception, match="input B: give exactly one"):

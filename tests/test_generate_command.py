@@ -89,7 +89,11 @@ def test_generate_from_audio_writes_pngs_grid_and_sidecars(world, tmp_path):
     )
     assert m["embedding"]["norm_after"] == pytest.approx(6.0) and m["embedding"]["calibration"]["mean_norm"] == 6.0
     assert set(m["embedding"]["norms_before"]) == {"audio"} and m["size"] == [16, 16]
-    assert Image.open(out / "grid.png").size == (2 * 16 + 3 * 4, 16 + 2 * 4)
+    # the sheet enlarges the 16-pixel images 8× (nearest: each pixel a clean 8 × 8 square); the PNGs stay native
+    sheet = np.asarray(Image.open(out / "grid.png"))
+    assert sheet.shape == (128 + 2 * 4, 2 * 128 + 3 * 4, 3) and Image.open(out / "image_001.png").size == (16, 16)
+    second = np.asarray(Image.open(out / "image_001.png"))
+    np.testing.assert_array_equal(sheet[4 : 4 + 128, 136 : 136 + 128], second.repeat(8, axis=0).repeat(8, axis=1))
     # Same inputs and seed: identical pixels. Image 1 (seed 4) is image 0 of a run seeded 4.
     again = tmp_path / "b"
     assert main([*args, "--n", "2", "--seed", "3", *SMALL, "--noise-level", "10", "--out", str(again)]) == 0
@@ -240,16 +244,16 @@ def test_interpolate_writes_strip_gif_and_json_with_exact_endpoints(world, tmp_p
     assert main([*argv, *common, "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["interpolation.gif", "interpolation.json", "interpolation.png"]
     strip = Image.open(out / "interpolation.png")
-    assert strip.size == (3 * 16, 16)
+    assert strip.size == (3 * 128, 128)  # 16-pixel frames enlarged 8× (nearest) for viewing
     gif = Image.open(out / "interpolation.gif")
-    assert gif.n_frames == 3 and gif.info["loop"] == 0
+    assert gif.n_frames == 3 and gif.info["loop"] == 0 and gif.size == (128, 128)
     record = json.loads((out / "interpolation.json").read_text())
     assert record["t"] == [0.0, 0.5, 1.0] and record["seed"] == 7 and record["mode"] == "slerp"
     assert record["start"] == {"text": "a dog barking"} and record["embedding"]["norm_after"] == pytest.approx(6.0)
     # The first frame is the start input alone, generated with the same seed.
     single = tmp_path / "s"
     assert main(["generate", "--text", "a dog barking", "--n", "1", *common, "--out", str(single)]) == 0
-    first = np.asarray(strip.convert("RGB")).astype(int)[:, :16]
+    first = np.asarray(strip.convert("RGB")).astype(int)[::8, :128:8]  # one pixel of each 8 × 8 square
     assert np.abs(first - pixels(single / "image_000.png")).max() <= 2
 
 

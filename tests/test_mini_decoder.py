@@ -4,6 +4,7 @@ a session end to end, learning solid colours from one-hot codes, and resumable t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -210,3 +211,61 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     for name, tensor in straight.unet.state_dict().items():
         assert torch.equal(tensor, resumed.unet.state_dict()[name]), name
         assert torch.equal(tensor, reloaded.unet.state_dict()[name]), name
+
+
+def test_a_latent_decoder_round_trips_and_decodes_through_its_autoencoder(tmp_path):
+    """With an AutoencoderKL the UNet denoises 4-channel latents at a quarter of the side; the images are the
+    autoencoder's decoding of the final latents divided by its scaling factor (diffusers' convention)."""
+    from gen_align.mini.recipes.autoencoder import build_autoencoder
+
+    vae = build_autoencoder(block_out_channels=(8, 8, 8), norm_num_groups=4, sample_size=16)
+    vae.register_to_config(scaling_factor=0.5)
+    unet = build_unet(HIDDEN, seed=1, block_out_channels=(8, 16), sample_size=4, in_channels=4, out_channels=4)
+    pipe = MiniUnCLIPPipeline(unet=unet, scheduler=mini_scheduler(clip_sample=False), vae=vae)
+    pipe.save_pretrained(tmp_path / "latent", safe_serialization=True)
+    decoder = load_decoder(str(tmp_path / "latent"), device="cpu", stats=EmbeddingStats(mean_norm=3.0), progress=False)
+    assert decoder.native_size == 16 and decoder.pipe.vae is not None
+    z = embeds(2)
+    images = decoder(z, seed=4, steps=2)
+    assert [im.size for im in images] == [(16, 16)] * 2
+    # the same steps by hand: DDIM over latents from each image's own generator, then vae.decode(x / 0.5)
+    sched = mini_scheduler(clip_sample=False)
+    sched.set_timesteps(2)
+    x = torch.cat([torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(4 + i)) for i in range(2)])
+    with torch.no_grad():
+        for t in sched.timesteps:
+            both = decoder.pipe.unet(
+                torch.cat([x, x]), t, None, class_labels=torch.cat([torch.zeros_like(z), z])
+            ).sample
+            uncond, cond = both.chunk(2)
+            x = sched.step(uncond + decoder.default_guidance * (cond - uncond), t, x).prev_sample
+        by_hand = ((decoder.pipe.vae.decode(x / 0.5).sample.clamp(-1, 1) + 1) * 127.5).round()
+    assert np.abs(pixels(images) - by_hand.permute(0, 2, 3, 1).numpy()).max() <= 1
+    with pytest.raises(ConfigError, match="4-channel latents but the UNet takes 3"):
+        MiniUnCLIPPipeline(unet=build_unet(HIDDEN, **TINY), scheduler=mini_scheduler(), vae=vae)
+
+
+def test_the_autoencoder_trains_and_a_latent_decoder_trains_on_its_latents(tmp_path):
+    """train_autoencoder: the loss falls, scaling_factor is 1 / std of the posterior means (Stable Diffusion's rule,
+    recomputed here); train_decoder(vae=...) then diffuses 4-channel latents at a quarter of the side and saves a
+    pipeline that draws full-size images."""
+    from gen_align.mini.recipes.autoencoder import train_autoencoder
+
+    images, z, _ = colour_set(side=16, n=8)
+    arch = {"block_out_channels": (8, 8, 8), "norm_num_groups": 4}
+    settings = FitSettings(steps=4, batch_size=4, lr=1e-3, checkpoint_every=2, seed=1)
+    vae = train_autoencoder(images, settings=settings, overrides=arch, progress=False)
+    with torch.no_grad():
+        means = vae.encode(images.float() / 127.5 - 1).latent_dist.mean
+    assert means.shape[1:] == (4, 4, 4)
+    assert vae.config.scaling_factor == pytest.approx(1.0 / float(means.std()), rel=1e-5)
+    pipe = train_decoder(
+        images, z, out_dir=tmp_path / "latent", settings=replace(settings, ema_decay=0.9), vae=vae,
+        unet_overrides={"block_out_channels": (8, 16)}, progress=False,
+    )  # fmt: skip
+    assert pipe.unet.config.in_channels == 4 and pipe.unet.config.sample_size == 4
+    assert pipe.scheduler.config.clip_sample is False  # latents are unbounded
+    reloaded = MiniUnCLIPPipeline.from_pretrained(tmp_path / "latent")
+    assert reloaded.image_size == 16 and reloaded.vae.config.scaling_factor == vae.config.scaling_factor
+    out = reloaded(z[:1], num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.images.shape == (1, 3, 16, 16)

@@ -11,6 +11,7 @@ import torch
 
 from gen_align.cli import main
 from gen_align.data.manifest import read_manifest
+from gen_align.errors import ConfigError
 from gen_align.mini.recipes.build import STAGES, MiniPaths
 from gen_align.mini.recipes.recipe import OBJECTIVES
 from gen_align.mini.recipes.tokenizer import build_tokenizer
@@ -120,9 +121,16 @@ def test_shipped_folder_loads_and_generates(smoke_run):
 def test_eval_writes_the_table_for_every_method(smoke_run, tmp_path):
     work, _ = smoke_run
     args = ["mini", "eval", "--work", str(work), "--out", str(tmp_path), "--items", "4", "--seeds", "0"]
-    assert main([*args, "--steps", "2", "--quiet", "--threads", "1"]) == 0
+    assert main([*args, "--steps", "2", "--quiet", "--threads", "1", "--ablations"]) == 0
     record = json.loads((tmp_path / "mini.json").read_text())
     assert set(record["summary"]) == {"reconstruction", *OBJECTIVES}
+    # the smoke recipe trains one ablation (Table 2's U(C) ✗ L_vol ✗), at UniAlign's selected τ, A2I only
+    ablations = record["ablations"]
+    assert ablations["params"] == {"unialign-no-uc-no-vol": {"centroid_term": False, "volume_term": False}}
+    variant = ablations["runs"]["unialign-no-uc-no-vol"][0]
+    assert set(variant) >= {"r1_text", "r1_audio", "audio", "gap"} and "text" not in variant
+    selected = json.loads((work / "heads" / "unialign" / "selection.json").read_text())["tau"]
+    assert json.loads((work / "heads" / "unialign-no-uc-no-vol" / "selection.json").read_text())["tau"] == selected
     real = record["classifier_on_real_test_images"]
     assert real["fid"] == pytest.approx(0.0, abs=1e-6)  # the test set against its own statistics
     for objective in OBJECTIVES:
@@ -132,7 +140,31 @@ def test_eval_writes_the_table_for_every_method(smoke_run, tmp_path):
     table = (tmp_path / "mini.md").read_text()
     assert "UniAlign (Euclidean)" in table and "GRAM" in table and "self-reconstruction" in table
     assert "| Method | shape | colour | size | background |" in table
+    assert "| unialign-no-uc-no-vol | ✗ | ✗ | τ |" in table and "UniAlign (Euclidean) (full) | ✓ | ✓ | τ |" in table
     assert (tmp_path / "mini_samples.png").stat().st_size > 0
+
+
+def test_check_scores_the_shipped_preset_on_unseen_items(tmp_path):
+    """`gen-align mini check`: images from captions and clips of unseen items through the public pipeline, judged
+    against each item's ground truth; the record's accuracy is the classifier's on exactly those images."""
+    from gen_align.mini.recipes.classifier import AttributeClassifier, attribute_accuracy
+    from gen_align.mini.shipped import MINI_CLASSIFIER
+    from gen_align.mini.user_check import UNSEEN_SEED
+    from gen_align.mini.world.dataset import make_item
+    from gen_align.pipelines.pipeline import GenAlignPipeline
+
+    args = ["mini", "check", "--out", str(tmp_path), "--items", "3", "--steps", "2", "--quiet", "--threads", "1"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "mini_check.json").read_text())
+    assert record["items"] == 3 and record["sampling"]["steps"] == 2 and record["world_seed"] == UNSEEN_SEED
+    items = [make_item(UNSEEN_SEED, "test", i) for i in range(3)]
+    pipe = GenAlignPipeline.from_pretrained("mini", progress=False)
+    z = torch.cat([pipe.embed(text=item["caption"])["text"] for item in items])
+    images = pipe.decode(z, seed=[0, 1, 2], steps=2)
+    expected = attribute_accuracy(AttributeClassifier.from_pretrained(MINI_CLASSIFIER), images,
+                                  [item["attributes"] for item in items])  # fmt: skip
+    assert record["accuracy"]["text"] == pytest.approx(expected)
+    assert "| text |" in (tmp_path / "mini_check.md").read_text() and (tmp_path / "mini_check.png").is_file()
 
 
 def test_eval_without_a_trained_run_says_what_to_do(tmp_path, capsys):
@@ -148,23 +180,29 @@ def test_tokenizer_learns_whole_caption_words():
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
 
 
-def test_reuse_shipped_marks_the_shipped_models_done_for_the_full_recipe(tmp_path, capsys):
-    """`mini train --reuse-shipped`: towers (base-space without heads), decoder and classifier come from the package,
-    recorded under the full recipe's stage hashes, so only world, features and heads are trained."""
+def test_reuse_shipped_marks_the_shipped_models_done_for_their_recipe(smoke_run, tmp_path, capsys):
+    """`mini train --reuse-shipped`: towers (base-space without heads), decoder and classifier come from a shipped
+    preset, recorded under the stage hashes its recipe.json names, so only world, features and heads are trained;
+    a preset shipped from another recipe is refused."""
     from gen_align.mini.recipes.build import MiniBuild, seed_from_shipped
-    from gen_align.mini.recipes.recipe import FULL
+    from gen_align.mini.recipes.recipe import FULL, smoke_recipe
     from gen_align.space import AlignedSpace
 
+    _, shipped = smoke_run
     work = tmp_path / "work"
-    assert seed_from_shipped(work, FULL) == ["towers", "decoder", "classifier"]
+    recipe = smoke_recipe()
+    assert json.loads((shipped / "recipe.json").read_text())["stages"] == MiniBuild(work, recipe).stage_hashes()
+    assert seed_from_shipped(work, recipe, source=shipped) == ["towers", "decoder", "classifier"]
     record = json.loads((work / "stages.json").read_text())
-    hashes = MiniBuild(work, FULL, progress=False).stage_hashes()
+    hashes = MiniBuild(work, recipe, progress=False).stage_hashes()
     for stage in ("towers", "decoder", "classifier"):
         assert record[stage] == {"hash": hashes[stage], "seconds": 0.0, "source": "shipped"}
     base = AlignedSpace.from_pretrained(MiniPaths(work).base_space)
     assert dict(base.heads) == {} and set(base.towers) == {"image", "text", "audio"}
     assert (MiniPaths(work).decoder / "model_index.json").is_file()
-    assert seed_from_shipped(work, FULL) == []  # already seeded: nothing is copied again
-    # the shipped models are the full recipe's: a smoke run cannot take them
+    assert seed_from_shipped(work, recipe, source=shipped) == []  # already seeded: nothing is copied again
+    with pytest.raises(ConfigError, match="not shipped from this recipe.*towers, decoder, classifier differ"):
+        seed_from_shipped(tmp_path / "other", FULL, source=shipped)
+    # the CLI's full recipe cannot take the models a smoke recipe shipped
     assert main(["mini", "train", "--smoke", "--reuse-shipped", "--work", str(tmp_path / "w2"), "--quiet"]) == 2
     assert "--reuse-shipped takes the models the full recipe shipped" in capsys.readouterr().err

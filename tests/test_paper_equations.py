@@ -472,6 +472,32 @@ def test_unialign_terms_match_eq9_to_eq12(tau, case):
         close(lib[name], ref[name], what=f"term {name} {case} tau={tau}")
 
 
+@pytest.mark.parametrize(("centroid", "volume"), [(False, False), (False, True), (True, False), (True, True)])
+def test_unialign_table2_ablations_drop_the_named_part_of_l_vol(centroid, volume):
+    """Table 2's four rows: U(C) and the Gram volume each in L_vol or not (Eq. 12 when both are in)."""
+    z = paired(seed=9)
+    kw = {"tau": 0.2, "lambda_vol": 1.0, "centroid_term": centroid, "volume_term": volume}
+    lib, g_lib, _ = value_and_grads(lambda zl: unialign_loss(zl, anchor="image", **kw), z)
+
+    def ref(zl):
+        t = ref_unialign_terms(zl, "image", tau=0.2)
+        return t["uniformity"] + t["alignment"] + centroid * t["centroid_uniformity"] + volume * t["volume"]
+
+    expected, g_ref, _ = value_and_grads(ref, z)
+    close(lib, expected, what=f"table 2 U(C)={centroid} L_vol={volume}")
+    close_grads(g_lib, g_ref, what=f"table 2 U(C)={centroid} L_vol={volume}")
+    terms = unialign_terms(z, anchor="image", **kw)
+    assert ("centroid_uniformity" in terms) == centroid and ("volume" in terms) == volume
+
+
+def test_unialign_ablation_switches_are_checked():
+    z = paired(seed=9)
+    with pytest.raises(ConfigError, match="centroid_term must be true or false"):
+        unialign_loss(z, centroid_term="false")
+    with pytest.raises(ConfigError, match="centroid_term and volume_term are both off"):
+        unialign_loss(z, lambda_uni=0.0, lambda_align=0.0, centroid_term=False, volume_term=False)
+
+
 def test_unialign_anchor_gradient_comes_only_from_uniformity_terms():
     z = paired(seed=8)
     # with lambda_uni = 0 and only the alignment: the anchor gets nothing

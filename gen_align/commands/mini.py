@@ -10,7 +10,7 @@ DEFAULT_WORK = "results/mini"
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"build": _build, "train": _train, "eval": _eval}[args.action](args)
+    return {"build": _build, "train": _train, "eval": _eval, "check": _check}[args.action](args)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
         if stage in record:
             print(f"  {stage:<11} {record[stage]['seconds']:>8.1f}")
     if args.ship:
-        target = ship(build.paths, Path(args.ship_to) if args.ship_to else MINI_WEIGHTS)
+        target = ship(build, Path(args.ship_to) if args.ship_to else MINI_WEIGHTS)
         size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
         print(f"shipped the mini preset to {target} ({size / 2**20:.2f} MiB)")
     return 0
@@ -82,11 +82,27 @@ def _eval(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance,
         seeds=tuple(int(s) for s in args.seeds.split(",")),
+        ablations=args.ablations,
         progress=not args.quiet,
     )
     started = time.perf_counter()
     evaluate(options)
     print(f"mini eval: {time.perf_counter() - started:.0f} s; wrote {args.out}/mini.md, mini.json, mini_samples.png")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import torch
+
+    from gen_align.mini.user_check import check
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record = check(args.out, items=args.items, steps=args.steps, guidance=args.guidance, progress=not args.quiet)
+    for kind, acc in record["accuracy"].items():
+        parts = ", ".join(f"{k} {100 * v:.1f} %" for k, v in acc.items() if k not in ("mean", "all_correct"))
+        print(f"{kind:>5} -> image: all four attributes right {100 * acc['all_correct']:.1f} % ({parts})")
+    print(f"wrote {args.out}/mini_check.md, mini_check.json, mini_check.png")
     return 0
 
 
@@ -106,7 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = actions.add_parser("train", help="rebuild every mini model from scratch (resumable stages)")
     t.add_argument("--work", default=DEFAULT_WORK, help=f"work folder (default {DEFAULT_WORK})")
-    t.add_argument("--stages", help="comma-separated subset of world,towers,features,heads,decoder,classifier")
+    t.add_argument(
+        "--stages", help="comma-separated subset of world,towers,features,heads,ablations,decoder,classifier"
+    )
     t.add_argument("--smoke", action="store_true", help="a seconds-long miniature of every stage (for CI)")
     t.add_argument("--seed", type=int, default=0, help="world and model seed (default 0)")
     t.add_argument(
@@ -132,8 +150,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     e.add_argument("--guidance", type=float, help="classifier-free guidance (default: the decoder's)")
     e.add_argument("--seeds", default="0,1,2", help="head-training seeds to evaluate (default 0,1,2)")
-    for parser in (b, t, e):
+    e.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also the UniAlign ablations (the paper's Tables 2 and 5: U(C), L_vol, tau_ctr): R@1, gap, A2I FID / "
+        "accuracy, beside the main table",
+    )
+    c = actions.add_parser("check", help="what a user of the shipped preset sees: attribute accuracy from text / audio")
+    c.add_argument("--out", default="docs/results", help="where mini_check.md, .json and .png go")
+    c.add_argument("--items", type=int, default=256, help="unseen world items, one image each per input (default 256)")
+    c.add_argument("--steps", type=int, help="denoising steps (default: the decoder's, as `gen-align generate`)")
+    c.add_argument("--guidance", type=float, help="classifier-free guidance (default: the decoder's)")
+    for parser in (b, t, e, c):
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    for parser in (t, e):
+    for parser in (t, e, c):
         parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=run)

@@ -18,6 +18,7 @@ from gen_align.errors import ConfigError
 TOWER_CLASSES = {
     "clip-vision": "gen_align.encoders.clip:CLIPVisionTower",
     "clip-text": "gen_align.encoders.clip:CLIPTextTower",
+    "open-clip-vision": "gen_align.encoders.open_clip_vision:OpenCLIPVisionTower",
     "beats": "gen_align.encoders.beats_tower:BEATsTower",
 }
 
@@ -25,6 +26,7 @@ _TEXT, _NUMBER = "a string", "a number"
 TOWER_FIELDS: dict[str, dict[str, tuple[str, bool]]] = {  # kind -> {key: (type, required)}
     "clip-vision": {"source": (_TEXT, True), "subfolder": (_TEXT, False), "processor_subfolder": (_TEXT, False)},
     "clip-text": {"source": (_TEXT, True), "subfolder": (_TEXT, False), "tokenizer_subfolder": (_TEXT, False)},
+    "open-clip-vision": {"source": (_TEXT, True), "subfolder": (_TEXT, False)},
     "beats": {"source": (_TEXT, True), "window_seconds": (_NUMBER, False), "silence": (_TEXT, False)},
 }
 

@@ -10,6 +10,7 @@ accuracy against the item's ground truth. Writes ``OUT/mini.json``, ``OUT/mini.m
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from gen_align.diagnostics import holder_divergence, modality_gap
 from gen_align.errors import InputFileError
 from gen_align.io import write_json_atomic, write_text_atomic
 from gen_align.mini.recipes.build import MiniPaths, attributes_of, image_tensor
-from gen_align.mini.recipes.recipe import OBJECTIVES
+from gen_align.mini.recipes.recipe import ABLATED, OBJECTIVES
 from gen_align.mini.world.attributes import NAMES as ATTRIBUTE_NAMES
 from gen_align.retrieval.metrics import retrieval_metrics
 
@@ -54,6 +55,7 @@ class EvalOptions:
     batch_size: int = 64  # images per decoder call: 1.9x faster than 256 on 2 CPU cores (less page-fault churn)
     objectives: tuple[str, ...] = OBJECTIVES
     seeds: tuple[int, ...] = (0, 1, 2)
+    ablations: bool = False  # also the UniAlign variants of the ablations stage (R@1, gap, A2I FID / accuracy)
     progress: bool = True
 
 
@@ -131,22 +133,31 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         images = decode(features["image"][:n], seed, f"recon seed {seed}")
         runs["reconstruction"].append({"seed": seed, "image": scorer.score(images)})
         samples.setdefault("reconstruction", {"image": images[:SAMPLE_ITEMS]})
-    for objective in options.objectives:
-        runs[objective] = []
+
+    def method_runs(method: str, conditions: dict[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+        found = []
         for seed in options.seeds:
-            space_dir = paths.space(objective, seed)
+            space_dir = paths.space(method, seed)
             if not (space_dir / "config.json").is_file():
                 raise InputFileError(f"{space_dir} is missing; run `gen-align mini train --work {paths.work}` first.")
             space = AlignedSpace.from_pretrained(space_dir, modalities=["text", "audio"])
             z = {"image": features["image"], **{m: space.project(m, features[m]) for m in ("text", "audio")}}
             run: dict[str, Any] = {"seed": seed, **_geometry(z)}
-            for condition, inputs in CONDITIONS.items():
+            for condition, inputs in conditions.items():
                 direction = blend({m: z[m][:n] for m in inputs})
-                images = decode(direction, seed, f"{objective} {COLUMNS[condition]} seed {seed}")
+                images = decode(direction, seed, f"{method} {COLUMNS[condition]} seed {seed}")
                 run[condition] = scorer.score(images)
-                if seed == options.seeds[0]:
-                    samples.setdefault(objective, {})[condition] = images[:SAMPLE_ITEMS]
-            runs[objective].append(run)
+                if seed == options.seeds[0] and method in OBJECTIVES:
+                    samples.setdefault(method, {})[condition] = images[:SAMPLE_ITEMS]
+            found.append(run)
+        return found
+
+    for objective in options.objectives:
+        runs[objective] = method_runs(objective, CONDITIONS)
+    ablations = {}
+    if options.ablations:
+        for variant in ablation_variants(paths):
+            ablations[variant] = method_runs(variant, {"audio": CONDITIONS["audio"]})
     record = {
         "library_version": __version__,
         "work": str(paths.work),
@@ -158,11 +169,40 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         "runs": runs,
         "summary": _summary(runs),
     }
+    if ablations:
+        record["ablations"] = {
+            "of": ABLATED,
+            "params": {v: _variant_params(paths, v) for v in ablations},
+            "runs": ablations,
+            "summary": _summary(ablations),
+        }
     out = Path(options.out)
     write_json_atomic(out / "mini.json", record)
     _sample_grid(samples, reference[:SAMPLE_ITEMS]).save(out / "mini_samples.png")
     write_text_atomic(out / "mini.md", table(record))
     return record
+
+
+def ablation_variants(paths: MiniPaths) -> list[str]:
+    """The variants the ablations stage trained (``heads/<variant>/selection.json`` with ``variant_of``), in the
+    recipe's order."""
+    from gen_align.mini.recipes.recipe import ABLATIONS
+
+    found = [
+        f.parent.name
+        for f in sorted((paths.work / "heads").glob("*/selection.json"))
+        if "variant_of" in json.loads(f.read_text(encoding="utf-8"))
+    ]
+    if not found:
+        raise InputFileError(
+            f"{paths.work} has no ablation heads; run `gen-align mini train --work {paths.work} --stages ablations`."
+        )
+    order = list(ABLATIONS)
+    return sorted(found, key=lambda v: (order.index(v) if v in order else len(order), v))
+
+
+def _variant_params(paths: MiniPaths, variant: str) -> dict[str, Any]:
+    return json.loads(paths.selection(variant).read_text(encoding="utf-8"))["params"]
 
 
 def _geometry(z: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -190,7 +230,8 @@ def _summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             if key in seeds[0]:
                 entry[key] = {k: _mean_std([s[key][k] for s in seeds]) for k in seeds[0][key]}
         if method != "reconstruction":
-            entry["avg_fid"] = _mean_std([statistics.fmean(s[c]["fid"] for c in CONDITIONS) for s in seeds])
+            present = [c for c in CONDITIONS if c in seeds[0]]
+            entry["avg_fid"] = _mean_std([statistics.fmean(s[c]["fid"] for c in present) for s in seeds])
             for k in ("r1_text", "r1_audio", "holder"):
                 entry[k] = _mean_std([s[k] for s in seeds])
             entry["gap"] = {m: _mean_std([s["gap"][m] for s in seeds]) for m in ("text", "audio")}
@@ -247,6 +288,8 @@ def table(record: dict[str, Any]) -> str:
             f"| {NAMES[m]} | {_pm(e['r1_text'])} | {_pm(e['r1_audio'])} | {_pm(e['gap']['text'], 3)} | "
             f"{_pm(e['gap']['audio'], 3)} | {_pm(e['holder'], 3)} |"
         )
+    if "ablations" in record:
+        lines += ["", *_ablation_table(record)]
     lines += [
         "",
         "R@1 counts only the exact test item as correct; items that share all four attributes are "
@@ -261,6 +304,29 @@ def table(record: dict[str, Any]) -> str:
         "(seed 0).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_table(record: dict[str, Any]) -> list[str]:
+    """The paper's Table 2 (U(C), L_vol) and Table 5 (τ_ctr) on the mini world, beside the full UniAlign row."""
+    a, full = record["ablations"], record["summary"][ABLATED]
+    lines = [
+        f"Ablations of {NAMES[ABLATED]} (the paper's Table 2: U(C) and the Gram volume of L_vol each on or off; "
+        "Table 5: τ_ctr), at its selected τ, same seeds:",
+        "",
+        "| Variant | U(C) | L_vol | τ_ctr | R@1 T→I ↑ | R@1 A→I ↑ | A2I FID ↓ | A2I acc ↑ | A2I all-4 ↑ "
+        "| gap image–audio |",
+        "|---|:-:|:-:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [(f"{NAMES[ABLATED]} (full)", {}, full)] + [(v, a["params"][v], a["summary"][v]) for v in a["runs"]]
+    for name, params, e in rows:
+        on = ["✓" if params.get(k, True) else "✗" for k in ("centroid_term", "volume_term")]
+        tau_ctr = params.get("tau_ctr")
+        lines.append(
+            f"| {name} | {on[0]} | {on[1]} | {'τ' if tau_ctr is None else f'{tau_ctr:g}'} | {_pm(e['r1_text'])} "
+            f"| {_pm(e['r1_audio'])} | {_pm(e['audio']['fid'])} | {_pm(e['audio']['acc_mean'], 1, 100)} "
+            f"| {_pm(e['audio']['acc_all_correct'], 1, 100)} | {_pm(e['gap']['audio'], 3)} |"
+        )
+    return lines
 
 
 def _attribute_table(s: dict[str, Any], methods: list[str]) -> list[str]:

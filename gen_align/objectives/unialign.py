@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from gen_align.checks import choice, non_negative
+from gen_align.checks import choice, flag, non_negative
 from gen_align.errors import ConfigError
 from gen_align.objectives.alignment import alignment_from_cosines
 from gen_align.objectives.uniformity import (
@@ -52,6 +52,8 @@ def check_unialign_options(
     alignment_metric: str | None,
     geometry: str | None,
     reduction: str,
+    centroid_term: bool = True,
+    volume_term: bool = True,
 ) -> tuple[str, str, float]:
     """Validate UniAlign's scalar options (ConfigError); returns (uniformity kernel, alignment metric, τ_ctr)."""
     kernel, metric = design_choice(geometry, uniformity_kernel, alignment_metric)
@@ -64,6 +66,9 @@ def check_unialign_options(
         non_negative(value, name)
     if not any(lambdas.values()):
         raise ConfigError("lambda_uni, lambda_align and lambda_vol are all 0: the loss would be empty.")
+    with_vol = flag(centroid_term, "centroid_term") | flag(volume_term, "volume_term")
+    if not (lambda_uni or lambda_align or (lambda_vol and with_vol)):
+        raise ConfigError("only lambda_vol is set but centroid_term and volume_term are both off: the loss is empty.")
     return kernel, metric, tau_ctr
 
 
@@ -80,18 +85,22 @@ def unialign_terms(
     geometry: str | None = None,
     weights: Mapping[str, float] | None = None,
     reduction: str = "sample",
+    centroid_term: bool = True,
+    volume_term: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The unweighted terms of Eq. 13 that have a non-zero λ: ``uniformity`` (Σ_m U(Z^m), Eq. 9/14),
     ``alignment`` (L_align: Eq. 10, its geodesic form, or the mean Gram volume, Table 4), ``volume`` (mean
     sqrt(det G_i), Eq. 12) and ``centroid_uniformity`` (U(C) at τ_ctr, Eq. 11), plus ``uniformity/<m>`` for
-    each modality. Arguments as in :func:`unialign_loss`.
+    each modality; ``centroid_term`` / ``volume_term`` off leave the two parts of L_vol out (Table 2). Arguments
+    as in :func:`unialign_loss`.
 
     Each modality is normalised once and costs one B×B product (uniformity); the centroids cost one more;
     alignment and volume are per-sample (O(B M² d)). Terms with λ = 0 are not computed.
     """
     kernel, metric, tau_ctr = check_unialign_options(
-        lambda_uni, lambda_align, lambda_vol, tau, tau_ctr, uniformity_kernel, alignment_metric, geometry, reduction
-    )
+        lambda_uni, lambda_align, lambda_vol, tau, tau_ctr, uniformity_kernel, alignment_metric, geometry, reduction,
+        centroid_term, volume_term,
+    )  # fmt: skip
     z_dict = check_embedding_dict(z_dict, min_modalities=2, min_batch=2, anchor=anchor)
     units = unit_dict(z_dict)
     centroid_weights = normalized_weights(weights, list(units), what="centroid weights w_m")
@@ -104,15 +113,16 @@ def unialign_terms(
     ordered = [anchor] + [m for m in units if m != anchor]
     cosines = paired_cosines([units[anchor].detach()] + [units[m] for m in ordered[1:]])
     volume = None
-    if lambda_vol > 0 or (lambda_align > 0 and metric == "volume"):
+    if (lambda_vol > 0 and volume_term) or (lambda_align > 0 and metric == "volume"):
         volume = volume_from_cosines(cosines, len(ordered)).mean()
     if lambda_align > 0:
         if metric == "volume":
             terms["alignment"] = volume
         else:
             terms["alignment"] = alignment_from_cosines([cosines[(0, j)] for j in range(1, len(ordered))], metric)
-    if lambda_vol > 0:
+    if lambda_vol > 0 and volume_term:
         terms["volume"] = volume
+    if lambda_vol > 0 and centroid_term:
         centroids = weighted_centroids(units, centroid_weights)
         terms["centroid_uniformity"] = uniformity_of_unit(centroids, tau_ctr, kernel, reduction)
     return terms
@@ -146,6 +156,8 @@ def unialign_loss(
     geometry: str | None = None,
     weights: Mapping[str, float] | None = None,
     reduction: str = "sample",
+    centroid_term: bool = True,
+    volume_term: bool = True,
 ) -> torch.Tensor:
     """UniAlign (Eq. 13) on a ``{modality: (B, d)}`` batch with anchor a:
 
@@ -165,6 +177,8 @@ def unialign_loss(
         geometry: shorthand setting both choices above to "euclidean" or "geodesic".
         weights: the centroid weights w_m of Eq. 11 ({modality: w}, default uniform 1/M).
         reduction: "sample" (Eq. 9) or the extension "global" (see :func:`uniformity`).
+        centroid_term: keep U(C) in L_vol (Eq. 12); off for Table 2's "U(C) ✗" rows.
+        volume_term: keep the Gram volume 1/B Σ_i sqrt(det G_i) in L_vol; off for Table 2's "L_vol ✗" rows.
 
     Returns:
         the scalar loss (at least float32).
@@ -175,6 +189,6 @@ def unialign_loss(
     lambdas = {"lambda_uni": lambda_uni, "lambda_align": lambda_align, "lambda_vol": lambda_vol}
     terms = unialign_terms(
         z_dict, anchor, lambda_uni, lambda_align, lambda_vol, tau, tau_ctr,
-        uniformity_kernel, alignment_metric, geometry, weights, reduction,
+        uniformity_kernel, alignment_metric, geometry, weights, reduction, centroid_term, volume_term,
     )  # fmt: skip
     return weighted_sum(terms, lambdas)

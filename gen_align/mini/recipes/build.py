@@ -29,15 +29,17 @@ from PIL import Image
 
 from gen_align.data.cache import FeatureCache
 from gen_align.data.manifest import Manifest, read_manifest
-from gen_align.errors import InputFileError
+from gen_align.errors import ConfigError, InputFileError
 from gen_align.io import write_json_atomic
 from gen_align.mini.world.attributes import index_tensor
 
-from .recipe import SHIPPED_OBJECTIVE, MiniRecipe
+from .recipe import ABLATED, SHIPPED_OBJECTIVE, MiniRecipe
 from .towers import EMBEDDING_DIM, fbanks, pretrain_beats, pretrain_clip
 
-STAGES = ("world", "towers", "features", "heads", "decoder", "classifier")
+STAGES = ("world", "towers", "features", "heads", "ablations", "decoder", "classifier")
 HEAD_FIELDS = tuple(f.name for f in fields(MiniRecipe) if f.name.startswith("head_"))
+TOWER_FIELDS = ("clip", "clip_vision", "beats")
+DECODER_FIELDS = ("autoencoder", "autoencoder_arch", "decoder", "decoder_unet", "decoder_snr_gamma")
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,14 @@ class MiniBuild:
         """Each stage's recipe fields (its hash) and the method that runs it."""
         return {
             "world": (("seed", "train_items", "test_items"), self.world),
-            "towers": (("seed", "train_items", "clip", "beats"), self.towers),
-            "features": (("seed", "train_items", "test_items", "clip", "beats"), self.features),
-            "heads": (("seed", "train_items", "clip", "beats", "objectives", *HEAD_FIELDS), self.heads),
-            "decoder": (("seed", "train_items", "clip", "decoder", "decoder_snr_gamma"), self.decoder),
+            "towers": (("seed", "train_items", *TOWER_FIELDS), self.towers),
+            "features": (("seed", "train_items", "test_items", *TOWER_FIELDS), self.features),
+            "heads": (("seed", "train_items", *TOWER_FIELDS, "objectives", *HEAD_FIELDS), self.heads),
+            "ablations": (
+                ("seed", "train_items", *TOWER_FIELDS, "objectives", *HEAD_FIELDS, "ablations"),
+                self.ablations,
+            ),
+            "decoder": (("seed", "train_items", "clip", "clip_vision", *DECODER_FIELDS), self.decoder),
             "classifier": (("seed", "train_items", "classifier"), self.classifier),
         }
 
@@ -168,7 +174,12 @@ class MiniBuild:
         captions = [item.text for item in manifest.items]
         ckpt = self._checkpoints("towers")
         vision, text = pretrain_clip(
-            images, captions, settings=self.recipe.clip, checkpoint_dir=ckpt / "clip", progress=self.progress
+            images,
+            captions,
+            settings=self.recipe.clip,
+            vision_cfg=self.recipe.clip_vision,
+            checkpoint_dir=ckpt / "clip",
+            progress=self.progress,
         )
         waves = [load_audio(item.audio).numpy() for item in manifest.items]
         bank = fbanks(waves, progress=self.progress)
@@ -221,23 +232,53 @@ class MiniBuild:
             for seed in r.head_seeds[1:]:
                 self._train_head(objective, seed, best)
 
-    def _train_head(self, objective: str, seed: int, tau: float) -> float:
-        """Train (or reuse) one head set; returns its final validation R@1 (mean over text and audio → image).
+    def ablations(self) -> None:
+        """The paper's ablations of UniAlign (Table 2: U(C) and the Gram volume each in L_vol or not; Table 5: τ_ctr),
+        each variant at the τ chosen for ``unialign`` and with every head seed; ``heads/<variant>/selection.json``
+        records that τ, so :meth:`MiniPaths.space` finds the variants as it finds the objectives."""
+        r = self.recipe
+        if not r.ablations:
+            return
+        if ABLATED not in r.objectives:
+            raise ConfigError(f"the ablations vary {ABLATED}, which this recipe does not train; add it to objectives.")
+        tau = json.loads(self.paths.selection(ABLATED).read_text(encoding="utf-8"))["tau"]
+        for variant, params in r.ablations.items():
+            scores = {seed: self._train_head(variant, seed, tau, stage="ablations", objective=ABLATED, extra=params)
+                      for seed in r.head_seeds}  # fmt: skip
+            write_json_atomic(
+                self.paths.selection(variant),
+                {"tau": tau, "criterion": f"the τ selected for {ABLATED}", "variant_of": ABLATED, "params": params,
+                 "validation_by_seed": {str(k): v for k, v in scores.items()}},
+            )  # fmt: skip
 
-        A head folder is reused (or resumed) only when its ``recipe.json`` names this heads-stage hash: one left by
+    def _train_head(
+        self,
+        name: str,
+        seed: int,
+        tau: float,
+        *,
+        stage: str = "heads",
+        objective: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> float:
+        """Train (or reuse) one head set in ``heads/<name>``; returns its final validation R@1 (mean over text and
+        audio → image). ``objective`` (default ``name``) with ``extra`` parameters is what trains.
+
+        A head folder is reused (or resumed) only when its ``recipe.json`` names this stage's hash: one left by
         another recipe (other epochs, lr, towers, ...) is removed and trained again."""
         from gen_align.train.config import TrainConfig
         from gen_align.train.trainer import Trainer
 
         r = self.recipe
-        out = self.paths.heads(objective, seed, tau)
+        objective = objective or name
+        out = self.paths.heads(name, seed, tau)
         summary_file, marker = out / "train_summary.json", out / "recipe.json"
-        key = self._keys["heads"]
+        key = self._keys[stage]
         if out.exists() and _stage_hash_in(marker) != key:
             shutil.rmtree(out)
         if not summary_file.is_file():
-            write_json_atomic(marker, {"stage": "heads", "hash": key})
-            params = {**(r.head_params or {}).get(objective, {}), "tau": tau}
+            write_json_atomic(marker, {"stage": stage, "hash": key})
+            params = {**(r.head_params or {}).get(objective, {}), **(extra or {}), "tau": tau}
             config = TrainConfig(
                 features=str(self.paths.features("train")),
                 out=str(out),
@@ -255,18 +296,34 @@ class MiniBuild:
         return (validation["R@1/text->image"] + validation["R@1/audio->image"]) / 2
 
     def decoder(self) -> None:
+        """The autoencoder (when the recipe has one), then the unCLIP UNet in its latent space, else in pixel space
+        (each resumable in its own checkpoint folder)."""
+        from .autoencoder import train_autoencoder
         from .decoder import train_decoder
 
+        r = self.recipe
         manifest = read_manifest(self.paths.manifest("train"))
         images = image_tensor([item.image for item in manifest.items])
         embeds = anchor_features(self.paths, "train", [item.id for item in manifest.items])
+        ckpt = self._checkpoints("decoder")
+        vae = None
+        if r.autoencoder is not None:  # a latent decoder; without one the UNet works on the pixels
+            vae = train_autoencoder(
+                images,
+                settings=r.autoencoder,
+                overrides=r.autoencoder_arch,
+                checkpoint_dir=ckpt / "autoencoder",
+                progress=self.progress,
+            )
         train_decoder(
             images,
             embeds,
             out_dir=self.paths.decoder,
-            settings=self.recipe.decoder,
-            snr_gamma=self.recipe.decoder_snr_gamma,
-            checkpoint_dir=self._checkpoints("decoder"),
+            settings=r.decoder,
+            snr_gamma=r.decoder_snr_gamma,
+            unet_overrides=r.decoder_unet,
+            vae=vae,
+            checkpoint_dir=ckpt / "unet",
             progress=self.progress,
         )
 
@@ -295,6 +352,7 @@ class MiniBuild:
 
 
 REUSABLE_STAGES = ("towers", "decoder", "classifier")
+SHIPPED_RECIPE = "recipe.json"
 
 
 def seed_from_shipped(work: str | Path, recipe: MiniRecipe, source: Path | None = None) -> list[str]:
@@ -310,6 +368,14 @@ def seed_from_shipped(work: str | Path, recipe: MiniRecipe, source: Path | None 
     source = MINI_WEIGHTS if source is None else Path(source)
     build = MiniBuild(work, recipe, progress=False)
     hashes = build.stage_hashes()
+    shipped_with = _shipped_hashes(source)
+    differ = [s for s in REUSABLE_STAGES if shipped_with.get(s) != hashes[s]]
+    if differ:
+        raise ConfigError(
+            f"the preset in {source} was not shipped from this recipe (stages {', '.join(differ)} differ, per its "
+            f"{SHIPPED_RECIPE}): --reuse-shipped can only take models the same recipe made. Train every stage "
+            "(`gen-align mini train --ship`), or drop --reuse-shipped."
+        )
     todo = [s for s in REUSABLE_STAGES if build.record.get(s, {}).get("hash") != hashes[s]]
     if "towers" in todo:
         shipped = AlignedSpace.from_pretrained(source / MINI_SPACE.name)
@@ -329,6 +395,15 @@ def seed_from_shipped(work: str | Path, recipe: MiniRecipe, source: Path | None 
     return todo
 
 
+def _shipped_hashes(source: Path) -> dict[str, str]:
+    """The stage hashes a shipped preset records in ``recipe.json`` (empty when it has none: shipped before the
+    file existed)."""
+    try:
+        return json.loads((source / SHIPPED_RECIPE).read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def _stage_hash_in(marker: Path) -> str | None:
     """The stage hash a head folder's ``recipe.json`` records (None when absent or unreadable)."""
     try:
@@ -337,9 +412,11 @@ def _stage_hash_in(marker: Path) -> str | None:
         return None
 
 
-def ship(paths: MiniPaths, target: Path, *, objective: str = SHIPPED_OBJECTIVE, seed: int = 0) -> Path:
+def ship(build: MiniBuild, target: Path, *, objective: str = SHIPPED_OBJECTIVE, seed: int = 0) -> Path:
     """Copy the ``objective`` space (towers inside, preset ``mini``), decoder, classifier and example inputs of a
-    finished run into ``target`` (the package's ``mini/weights``), replacing what was there."""
+    finished run into ``target`` (the package's ``mini/weights``), replacing what was there, with ``recipe.json``:
+    the recipe and the stage hashes they were made with (what ``--reuse-shipped`` checks)."""
+    paths = build.paths
     from gen_align.mini.shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_EXAMPLES, MINI_SPACE
     from gen_align.space import AlignedSpace
 
@@ -352,6 +429,10 @@ def ship(paths: MiniPaths, target: Path, *, objective: str = SHIPPED_OBJECTIVE, 
     shutil.copytree(paths.decoder, staging / MINI_DECODER.name, ignore=shutil.ignore_patterns("*.tmp", ".*"))
     shutil.copytree(paths.classifier, staging / MINI_CLASSIFIER.name)
     _write_examples(read_manifest(paths.manifest("test")), staging / MINI_EXAMPLES.name)
+    write_json_atomic(
+        staging / SHIPPED_RECIPE,
+        {"stages": build.stage_hashes(), "recipe": build.recipe.to_dict(), "objective": objective, "seed": seed},
+    )
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target

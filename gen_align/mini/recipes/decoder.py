@@ -1,12 +1,15 @@
-"""Training the mini world's pixel-space unCLIP decoder on (image, raw anchor embedding) pairs.
+"""Training the mini world's unCLIP decoder on (image, raw anchor embedding) pairs, in the latent space of a frozen
+autoencoder (:mod:`.autoencoder`; latent diffusion, as the real unCLIP decoders) or in pixel space.
 
 Standard DDPM training on the cosine schedule of :func:`gen_align.pipelines.mini.mini_scheduler`: random timesteps,
 v-prediction (``epsilon`` on request; on the cosine schedule epsilon-prediction learnt far slower and sampled
 noisier at 10-25 DDIM steps), optionally Min-SNR-γ loss weights (:func:`min_snr_weights`; with γ = 5 the mini
 decoder learnt background texture sooner but ended with less of it, so the mini recipe leaves it off), the
 condition dropped to the zero vector with probability ``cond_dropout`` (the
-classifier-free-guidance negative), no augmentation. The shared :func:`fit` loop gives EMA
-and resume; the EMA UNet is saved as a :class:`MiniUnCLIPPipeline` (safetensors) in ``out_dir``.
+classifier-free-guidance negative), no augmentation. With an autoencoder the diffused ``x0`` is a latent drawn from
+its posterior q(z | x) and multiplied by its ``scaling_factor``, and samples are not clipped (latents are unbounded).
+The shared :func:`fit` loop gives EMA and resume; the EMA UNet is saved with the scheduler (and the autoencoder) as
+a :class:`MiniUnCLIPPipeline` (safetensors) in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from gen_align.checks import choice, positive
 from gen_align.errors import ConfigError, InputDataError
 from gen_align.pipelines.mini import MiniUnCLIPPipeline, mini_scheduler
 
+from .autoencoder import posterior, scaled
 from .loop import FitSettings, LossFn, fit
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -101,8 +105,25 @@ def min_snr_weights(noise_scheduler: DDPMScheduler, gamma: float | None) -> torc
     return (snr.clamp(max=gamma) / (snr + 1 if velocity else snr.clamp(min=1e-30))).float()
 
 
+X0Sampler = Any  # (indices, generator) -> the clean samples x0 of those items
+
+
+def pixel_targets(images: torch.Tensor) -> X0Sampler:
+    """x0 = the images in ``[-1, 1]`` (pixel-space diffusion)."""
+    return lambda indices, _: scaled(images[indices])
+
+
+def latent_targets(vae: AutoencoderKL, images: torch.Tensor) -> X0Sampler:
+    """x0 = scaling_factor · z, z drawn from the frozen autoencoder's posterior (encoded once, sampled per step)."""
+    mean, std = posterior(vae, images)
+    factor = float(vae.config.scaling_factor)
+    return lambda indices, generator: (
+        factor * (mean[indices] + std[indices] * torch.randn(mean[indices].shape, generator=generator))
+    )
+
+
 def make_loss(
-    images: torch.Tensor,
+    targets: X0Sampler,
     embeds: torch.Tensor,
     noise_scheduler: DDPMScheduler,
     *,
@@ -110,14 +131,14 @@ def make_loss(
     device: torch.device,
     snr_gamma: float | None = None,
 ) -> LossFn:
-    """The denoising loss over a batch of item indices: MSE to the noise (or the velocity), each sample weighted
-    by :func:`min_snr_weights` of its timestep."""
+    """The denoising loss over a batch of item indices: MSE to the noise (or the velocity) of ``targets``' x0, each
+    sample weighted by :func:`min_snr_weights` of its timestep."""
     steps = noise_scheduler.config.num_train_timesteps
     velocity = noise_scheduler.config.prediction_type == "v_prediction"
     weights = min_snr_weights(noise_scheduler, snr_gamma)
 
     def loss_fn(model: torch.nn.Module, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x0 = images[indices].float() / 127.5 - 1.0
+        x0 = targets(indices, generator)
         cond = embeds[indices]
         drop = torch.rand(len(indices), generator=generator) < cond_dropout
         cond = torch.where(drop[:, None], torch.zeros_like(cond), cond)
@@ -142,30 +163,41 @@ def train_decoder(
     prediction_type: str = "v_prediction",
     snr_gamma: float | None = None,
     unet_overrides: dict[str, Any] | None = None,
+    vae: AutoencoderKL | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> MiniUnCLIPPipeline:
-    """Train a mini decoder on ``images`` (uint8 ``(N, 3, S, S)``) and their raw anchor embeddings ``(N, d)``;
-    save the EMA weights as a :class:`MiniUnCLIPPipeline` in ``out_dir`` and return it (on the CPU)."""
+    """Train a mini decoder on ``images`` (uint8 ``(N, 3, S, S)``) and their raw anchor embeddings ``(N, d)``, in
+    the latent space of ``vae`` (a trained :func:`~.autoencoder.train_autoencoder`) or, without one, in pixel
+    space; save the EMA weights as a :class:`MiniUnCLIPPipeline` in ``out_dir`` and return it (on the CPU)."""
     images, embeds = check_training_data(images, embeds)
     if not 0 <= cond_dropout < 1:
         raise ConfigError(f"cond_dropout must be in [0, 1), got {cond_dropout!r}; 0.1 is usual.")
     choice(prediction_type, "prediction_type", PREDICTION_TYPES)
     overrides = dict(unet_overrides or {})
-    side = int(images.shape[-1])
+    factor = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+    if images.shape[-1] % factor:
+        raise ConfigError(f"{images.shape[-1]}-pixel images do not fit the autoencoder's {factor}x downsampling.")
+    side = int(images.shape[-1]) // factor
+    if vae is not None:
+        overrides.setdefault("in_channels", vae.config.latent_channels)
+        overrides.setdefault("out_channels", vae.config.latent_channels)
     if overrides.setdefault("sample_size", side) != side:
-        raise ConfigError(f"unet sample_size {overrides['sample_size']} differs from the {side}-pixel images.")
+        raise ConfigError(
+            f"unet sample_size {overrides['sample_size']} differs from the {side}-pixel diffused samples."
+        )
     if side % 2 ** (len(overrides.get("block_out_channels", (16, 32, 64))) - 1):
-        raise ConfigError(f"{side}-pixel images cannot be halved at every UNet level; use a side of 32 (or 16).")
+        raise ConfigError(f"{side}-pixel samples cannot be halved at every UNet level; use fewer levels.")
     device = torch.device(device)
     unet = build_unet(embeds.shape[1], seed=settings.seed, **overrides).to(device)
-    scheduler = mini_scheduler(prediction_type=prediction_type)
+    scheduler = mini_scheduler(prediction_type=prediction_type, **({} if vae is None else {"clip_sample": False}))
     noise_scheduler = DDPMScheduler.from_config(scheduler.config)
-    loss_fn = make_loss(images, embeds, noise_scheduler, cond_dropout=cond_dropout, device=device, snr_gamma=snr_gamma)
+    targets = pixel_targets(images) if vae is None else latent_targets(vae, images)
+    loss_fn = make_loss(targets, embeds, noise_scheduler, cond_dropout=cond_dropout, device=device, snr_gamma=snr_gamma)
     ema = fit(
         unet, loss_fn, len(images), settings, desc="mini decoder", checkpoint_dir=checkpoint_dir, progress=progress
     )
-    pipe = MiniUnCLIPPipeline(unet=ema.to("cpu").eval(), scheduler=scheduler)
+    pipe = MiniUnCLIPPipeline(unet=ema.to("cpu").eval(), scheduler=scheduler, vae=vae)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return pipe
