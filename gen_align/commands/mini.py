@@ -148,7 +148,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate for the first N test items (default 128; the published table used 256)",
     )
     e.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
-    e.add_argument("--guidance", type=float, help="classifier-free guidance (default: the decoder's)")
     e.add_argument("--seeds", default="0,1,2", help="head-training seeds to evaluate (default 0,1,2)")
     e.add_argument(
         "--ablations",
@@ -160,9 +159,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default="docs/results", help="where mini_check.md, .json and .png go")
     c.add_argument("--items", type=int, default=256, help="unseen world items, one image each per input (default 256)")
     c.add_argument("--steps", type=int, help="denoising steps (default: the decoder's, as `gen-align generate`)")
-    c.add_argument("--guidance", type=float, help="classifier-free guidance (default: the decoder's)")
     for parser in (b, t, e, c):
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
     for parser in (t, e, c):
         parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    for parser in (e, c):
+        parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the decoder's)")
     p.set_defaults(func=run)
