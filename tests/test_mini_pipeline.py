@@ -206,3 +206,16 @@ def test_reuse_shipped_marks_the_shipped_models_done_for_their_recipe(smoke_run,
     # the CLI's full recipe cannot take the models a smoke recipe shipped
     assert main(["mini", "train", "--smoke", "--reuse-shipped", "--work", str(tmp_path / "w2"), "--quiet"]) == 2
     assert "--reuse-shipped takes the models the full recipe shipped" in capsys.readouterr().err
+
+
+def test_check_and_ablations_refuse_bad_settings(tmp_path, capsys):
+    from dataclasses import replace
+
+    from gen_align.mini.recipes.build import MiniBuild
+    from gen_align.mini.recipes.recipe import smoke_recipe
+
+    assert main(["mini", "check", "--out", str(tmp_path), "--items", "0", "--quiet"]) == 2
+    assert "items must be an integer >= 1" in capsys.readouterr().err
+    build = MiniBuild(tmp_path / "work", replace(smoke_recipe(), objectives=("infonce",)), progress=False)
+    with pytest.raises(ConfigError, match="the ablations vary unialign, which this recipe does not train"):
+        build.ablations()
