@@ -25,6 +25,7 @@ from gen_align.checks import integer
 from gen_align.errors import GenAlignError
 from gen_align.pipelines.blend import MODES
 from gen_align.pipelines.generate import DecodeOptions
+from gen_align.pipelines.pipeline import MAX_SEED
 from gen_align.pipelines.session import CONDITION_KINDS
 
 from .examples import EXAMPLE_PROMPTS, ExampleSet, example_audio, examples, shipped_examples
@@ -144,14 +145,14 @@ def build_demo(
 
     def sampling() -> tuple[gr.Number, gr.Slider, gr.Slider]:
         return (
-            gr.Number(value=base.seed, label="seed", precision=0, minimum=0),
+            gr.Number(value=base.seed, label="seed", precision=0, minimum=0, maximum=MAX_SEED),
             gr.Slider(1, max(100, steps), value=steps, step=1, label="steps"),
             gr.Slider(0, max(20.0, guidance), value=guidance, step=0.5, label="guidance"),
         )
 
     def inputs(suffix: str = "", key: str = "main") -> tuple[gr.Textbox, gr.Audio, gr.Image]:
         return (
-            gr.Textbox(label=f"text{suffix}", placeholder="a dog barking in the rain", elem_id=f"{key}-text"),
+            gr.Textbox(label=f"text{suffix}", placeholder="a small red star on stripes", elem_id=f"{key}-text"),
             gr.Audio(
                 sources=["upload", "microphone"],
                 type="filepath",

@@ -60,6 +60,11 @@ def _decode_options(
     return options
 
 
+def _warnings(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's warnings (a prompt the space's text tower cannot read), first in the report panel."""
+    return {"warnings": record["warnings"]} if record.get("warnings") else {}
+
+
 def models_report(models: Models) -> dict[str, Any]:
     """The space and decoder that made a result (as in the CLI's sidecars)."""
     desc = models.session.describe()
@@ -92,7 +97,8 @@ def run_generate(
     options = _decode_options(base, seed, steps, guidance)
     output = models.generate(conditions, weights, mode, n, options)
     weights = {k: round(v, 4) for k, v in weights.items()}
-    return output.images, {"weights": weights, "mode": mode, **output.record["embedding"], **models_report(models)}
+    report = {"weights": weights, "mode": mode, **output.record["embedding"], **models_report(models)}
+    return output.images, report | _warnings(output.record)
 
 
 def run_interpolate(
@@ -130,4 +136,4 @@ def run_interpolate(
         **record["embedding"],
         **models_report(models),
     }
-    return strip(output.images), report
+    return strip(output.images), report | _warnings(record)

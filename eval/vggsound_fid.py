@@ -37,7 +37,7 @@ from gen_align import __version__
 from gen_align.checks import choice, integer
 from gen_align.data.manifest import Manifest, ManifestItem, manifest_hash, read_manifest
 from gen_align.errors import ConfigError, GenAlignError, InputFileError
-from gen_align.io import write_json_atomic, write_text_atomic
+from gen_align.io import FolderLock, write_json_atomic, write_text_atomic
 
 from .features import INCEPTION, RESIZE_FILTERS, FeatureStatistics
 from .fid import RankDeficientCovarianceWarning, feature_stats, kernel_inception_distance
@@ -252,75 +252,92 @@ def run_fid(options: Any, fid: FIDOptions, decode: Any = None, *, names: Mapping
     reference = reference_statistics(subset, statistics, cache_dir=fid.cache_dir, refresh=fid.refresh_reference)
     reference_cached = int(statistics.num_samples) == 0
 
-    out = Path(fid.out)
-    plan = {c: _plan(subset, c, out) for c in conditions}
-    missing = [(c, index, item) for c in conditions for index, item, path in plan[c]["todo"] if not is_valid_png(path)]
-    settings = _settings(options, decode, weights, fid.mode, full_hash)
-    saved = _read_settings(out / SETTINGS_FILE)
-    if saved is not None and saved.get("settings") != settings:
-        differ = sorted(k for k in settings if saved.get("settings", {}).get(k) != settings[k])
-        raise ConfigError(
-            f"{out / SETTINGS_FILE} records images made with other settings (differing: {', '.join(differ)}); "
-            f"pass another {names['out']}, or delete that folder to regenerate everything."
-        )
-    mine = missing[rank::world]
-    models = saved.get("models") if saved is not None else None
-    if mine or (rank == 0 and models is None):
-        models = _generate(options, decode, weights, fid.mode, mine, out, settings, names, write_settings=rank == 0)
-    if state is not None:
-        state.wait_for_everyone()
-        if rank != 0:
-            return FIDResult(generated=len(mine))
-        models = (_read_settings(out / SETTINGS_FILE) or {}).get("models", models)
+    with FolderLock(fid.out, f"rank{rank}"):  # a second run into the same folder is refused while this one runs
+        out = Path(fid.out)
+        plan = {c: _plan(subset, c, out) for c in conditions}
+        missing = [
+            (c, index, item) for c in conditions for index, item, path in plan[c]["todo"] if not is_valid_png(path)
+        ]
+        settings = _settings(options, decode, weights, fid.mode, full_hash)
+        saved = _read_settings(out / SETTINGS_FILE)
+        if saved is not None and saved.get("settings") != settings:
+            differ = sorted(k for k in settings if saved.get("settings", {}).get(k) != settings[k])
+            raise ConfigError(
+                f"{out / SETTINGS_FILE} records images made with other settings (differing: {', '.join(differ)}); "
+                f"pass another {names['out']}, or delete that folder to regenerate everything."
+            )
+        mine = missing[rank::world]
+        models = saved.get("models") if saved is not None else None
+        if mine or (rank == 0 and models is None):
+            models = _generate(options, decode, weights, fid.mode, mine, out, settings, names, write_settings=rank == 0)
+        if state is not None:
+            state.wait_for_everyone()
+            if rank != 0:
+                return FIDResult(generated=len(mine))
+            models = (_read_settings(out / SETTINGS_FILE) or {}).get("models", models)
 
-    result = FIDResult(generated=len(missing))
-    reference_features = statistics.extract([item.image for item in subset.items]) if fid.kid else None
-    scores: dict[str, Any] = {}
-    for condition in conditions:
-        paths = [path for _, _, path in plan[condition]["todo"]]
-        entry: dict[str, Any] = {
-            "column": COLUMNS[condition],
-            "images": len(paths),
-            "skipped": plan[condition]["skipped"],
-            "folder": condition,
-        }
-        if len(paths) < 2:
-            entry |= {"fid": None, "note": f"{len(paths)} image(s): FID needs at least 2"}
+        result = FIDResult(generated=len(missing))
+        reference_features = statistics.extract([item.image for item in subset.items]) if fid.kid else None
+        scores: dict[str, Any] = {}
+        for condition in conditions:
+            paths = [path for _, _, path in plan[condition]["todo"]]
+            entry: dict[str, Any] = {
+                "column": COLUMNS[condition],
+                "images": len(paths),
+                "skipped": plan[condition]["skipped"],
+                "folder": condition,
+            }
+            if len(paths) < 2:
+                entry |= {"fid": None, "note": f"{len(paths)} image(s): FID needs at least 2"}
+                scores[condition] = entry
+                continue
+            features = statistics.extract([str(p) for p in paths])
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RankDeficientCovarianceWarning)
+                entry["fid"] = reference.fid(feature_stats(features, f"{condition} features"))
+            notes = [str(w.message) for w in caught if issubclass(w.category, RankDeficientCovarianceWarning)]
+            if notes:
+                entry["warnings"] = sorted(set(notes))
+            if reference_features is not None:
+                size = min(kid_subset_size, reference_features.shape[0], features.shape[0])
+                mean, std = kernel_inception_distance(reference_features, features, kid_subsets, size, seed=decode.seed)
+                entry["kid"] = {"mean": mean, "std": std, "subsets": kid_subsets, "subset_size": size}
+            grid_path = out / "grids" / image_name(condition.replace("+", "_"))
+            result.files.append(_save_grid(paths[:GRID_MAX], grid_path))
+            entry["grid"] = str(grid_path.relative_to(out))
             scores[condition] = entry
-            continue
-        features = statistics.extract([str(p) for p in paths])
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RankDeficientCovarianceWarning)
-            entry["fid"] = reference.fid(feature_stats(features, f"{condition} features"))
-        notes = [str(w.message) for w in caught if issubclass(w.category, RankDeficientCovarianceWarning)]
-        if notes:
-            entry["warnings"] = sorted(set(notes))
-        if reference_features is not None:
-            size = min(kid_subset_size, reference_features.shape[0], features.shape[0])
-            mean, std = kernel_inception_distance(reference_features, features, kid_subsets, size, seed=decode.seed)
-            entry["kid"] = {"mean": mean, "std": std, "subsets": kid_subsets, "subset_size": size}
-        grid_path = out / "grids" / image_name(condition.replace("+", "_"))
-        result.files.append(_save_grid(paths[:GRID_MAX], grid_path))
-        entry["grid"] = str(grid_path.relative_to(out))
-        scores[condition] = entry
 
-    record = {
-        "library_version": __version__,
-        "manifest": {"path": str(manifest.path), "hash": full_hash, "items": len(manifest), "used": len(subset)},
-        "limit": limit,
-        "models": models,
-        "settings": settings,
-        "seeds": {"base": decode.seed, "rule": "seed + item index (manifest order)"},
-        "extractor": {**statistics.fingerprint(), "spec": fid.extractor},
-        "reference": {"n": reference.n, "cached": reference_cached, "cache_dir": fid.cache_dir},
-        "generated_this_run": len(missing),
-        "conditions": scores,
-        "average": _average(scores),
-    }
-    result.record = record
-    result.files.append(write_json_atomic(out / "fid.json", record))
-    result.files.append(write_text_atomic(out / "fid.md", fid_table(record)))
-    return result
+        record = {
+            "library_version": __version__,
+            "manifest": {"path": str(manifest.path), "hash": full_hash, "items": len(manifest), "used": len(subset)},
+            "limit": limit,
+            "models": models,
+            "settings": settings,
+            "seeds": {"base": decode.seed, "rule": "seed + item index (manifest order)"},
+            "extractor": {**statistics.fingerprint(), "spec": fid.extractor},
+            "reference": {"n": reference.n, "cached": reference_cached, "cache_dir": fid.cache_dir},
+            "generated_this_run": len(missing),
+            "conditions": scores,
+            "average": _average(scores),
+        }
+        result.record = record
+        result.files.append(write_json_atomic(out / "fid.json", record))
+        result.files.append(write_text_atomic(out / "fid.md", fid_table(record)))
+        return result
+
+
+def fid_warnings(record: dict[str, Any]) -> list[str]:
+    """What makes a score of ``record`` unreliable: rank-deficient covariances (fewer images than feature
+    dimensions) and negative KIDs (the unbiased estimate below zero: within noise of 0 at this item count)."""
+    notes = []
+    for condition, entry in record["conditions"].items():
+        notes += [f"{COLUMNS[condition]}: {w}" for w in entry.get("warnings", [])]
+        if "kid" in entry and entry["kid"]["mean"] < 0:
+            notes.append(
+                f"{COLUMNS[condition]}: KID {entry['kid']['mean']:.3g} < 0, the unbiased estimate is within noise of 0 "
+                f"with {entry['images']} images; use more items."
+            )
+    return notes
 
 
 def fid_table(record: dict[str, Any]) -> str:
@@ -351,6 +368,7 @@ def fid_table(record: dict[str, Any]) -> str:
             if "kid" in s
         ]
     notes = [f"{COLUMNS[c]}: {len(s['skipped'])} item(s) skipped (no input)" for c, s in scores.items() if s["skipped"]]
+    notes += fid_warnings(record)
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"

@@ -29,12 +29,14 @@ def non_negative(value: object, name: str, hint: str = "") -> float:
     return float(value)
 
 
-def integer(value: object, name: str, low: int = 1, hint: str = "") -> int:
-    """``value`` as an int if it is an integer ≥ ``low`` (NumPy integers included, bools refused)."""
+def integer(value: object, name: str, low: int = 1, hint: str = "", *, high: int | None = None) -> int:
+    """``value`` as an int if it is an integer in ``low..high`` (NumPy integers included, bools refused)."""
     from gen_align.errors import ConfigError
 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}. {hint}".rstrip())
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be an integer in {low}..{high}, got {value!r}. {hint}".rstrip())
     return int(value)
 
 

@@ -126,3 +126,57 @@ def load_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not tensors:
         raise InputFileError(f"{path} holds no tensors; expected one (N, d) tensor per modality.")
     return tensors
+
+
+class FolderLock:
+    """An exclusive lock on a folder one writer fills (``FOLDER/.lock-{name}``, POSIX ``flock``): a second
+    writer is refused with the holder's pid and command instead of interleaving its files. The kernel drops the
+    lock when the holder's file closes or the process dies (even by kill -9), so a crash leaves no stale lock.
+    ``name`` tells apart writers that may share the folder (``rank0``, ``rank1`` of one ``accelerate launch``;
+    two stages of ``mini train``). A no-op where ``fcntl`` is missing (Windows)."""
+
+    def __init__(self, folder: str | os.PathLike, name: str = "rank0") -> None:
+        self.path = Path(folder) / f".lock-{name}"
+        self._file: Any = None
+
+    def acquire(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+        except OSError as err:
+            raise OutputError(f"could not create the lock {self.path}: {err.strerror or err}.") from err
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise OutputError(
+                f"{self.path.parent} is being written by {holder}; wait for it to finish (or stop it), or write to "
+                "another folder. Two writers in one folder would corrupt it."
+            ) from None
+        import sys
+        import time
+
+        handle.seek(0)
+        handle.truncate()
+        command = " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))
+        handle.write(f"pid {os.getpid()} ({command[:200]}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock; the file stays (deleting it would race a new holder)
+            self._file = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

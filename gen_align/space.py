@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from tqdm.auto import tqdm
 
 from gen_align import __version__
 from gen_align.encoders.towers import check_tower_config, tower_class
-from gen_align.errors import ConfigError, EmbeddingError, GenAlignError, InputFileError, WeightsNotFoundError
+from gen_align.errors import (
+    CheckpointError,
+    ConfigError,
+    EmbeddingError,
+    GenAlignError,
+    InputFileError,
+    WeightsNotFoundError,
+)
 from gen_align.heads import HeadConfig, ProjectionHead
 from gen_align.io import write_json_atomic, write_safetensors_atomic
 from gen_align.presets import PRESETS, get_preset
@@ -40,8 +48,17 @@ def build_tower(
     cfg: dict[str, Any], base_dir: str | os.PathLike | None, weights_dir: str | None, modality: str = "tower"
 ) -> nn.Module:
     """The frozen tower described by ``cfg['kind']`` (:data:`gen_align.encoders.towers.TOWER_CLASSES`)."""
+    from safetensors import SafetensorError
+
     check_tower_config(modality, cfg)
-    return tower_class(cfg.get("kind")).from_config(cfg, base_dir, weights_dir)
+    try:
+        return tower_class(cfg.get("kind")).from_config(cfg, base_dir, weights_dir)
+    except SafetensorError as err:  # a truncated download or a damaged file, from whichever loader read it
+        where = Path(base_dir or ".") / str(cfg.get("source", "")) if base_dir else cfg.get("source", "?")
+        raise CheckpointError(
+            f"the {modality} tower's weights under {where} are not a readable safetensors file ({err}): the file is "
+            "truncated or corrupt; download or copy it again (for a hub id: hf download <id> --local-dir ...)."
+        ) from err
 
 
 class AlignedSpace(nn.Module):
@@ -205,10 +222,27 @@ class AlignedSpace(nn.Module):
 
         Example:
             >>> from gen_align import AlignedSpace
-            >>> AlignedSpace.from_pretrained("mini").encode_text("a large blue circle", normalize=True).norm().item()
+            >>> z = AlignedSpace.from_pretrained("mini").encode_text("a large blue circle", normalize=True)
+            >>> round(z.norm().item(), 5)
             1.0
         """
         return self._encode("text", [texts] if isinstance(texts, str) else list(texts), batch_size, normalize, progress)
+
+    def prompt_warning(self, text: str) -> str | None:
+        """A warning when ``text`` has none of the words the text tower was trained on (the config's
+        ``text_vocabulary``, recorded by a space trained on a closed world such as the mini preset's); None when it
+        has one, or when the space records no vocabulary (an open-vocabulary CLIP)."""
+        vocabulary = self.config.get("text_vocabulary")
+        if not vocabulary:
+            return None
+        words = set(re.findall(r"[a-z][a-z-]*", text.lower()))
+        if words & set(vocabulary["words"]):
+            return None
+        hint = vocabulary.get("hint") or ", ".join(vocabulary["words"][:20])
+        return (
+            f"none of the words of {text!r} is one this space's text tower learned, so the image will not follow "
+            f"the prompt. It knows {hint}."
+        )
 
     @torch.inference_mode()
     def encode_audio(
@@ -336,6 +370,17 @@ def check_space_config(config: dict[str, Any], where: str) -> None:
     norm = config.get("output_norm")
     if norm is not None and (isinstance(norm, bool) or not isinstance(norm, int | float) or not norm > 0):
         raise ConfigError(f"output_norm in {where} must be a positive number or null, got {norm!r}.")
+    vocabulary = config.get("text_vocabulary")
+    if vocabulary is not None and not (
+        isinstance(vocabulary, dict)
+        and isinstance(vocabulary.get("words"), list)
+        and all(isinstance(w, str) for w in vocabulary["words"])
+        and isinstance(vocabulary.get("hint", ""), str)
+    ):
+        raise ConfigError(
+            f"text_vocabulary in {where} must be an object {{'words': [str, ...], 'hint': str}} or absent, got "
+            f"{vocabulary!r}."
+        )
     for key in ("towers", "heads"):
         if not isinstance(config[key], dict):
             raise ConfigError(f"{key} in {where} must be an object {{modality: config}}, got {config[key]!r}.")
@@ -359,7 +404,15 @@ def _load_heads(heads: dict[str, ProjectionHead], file: Path) -> None:
         raise InputFileError(
             f"{file} is missing: the config lists heads {sorted(heads)} but their weights are not there."
         )
-    tensors = load_file(str(file))
+    from safetensors import SafetensorError
+
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({err}): it is truncated or corrupt; copy the space again "
+            "or retrain it (`gen-align train`)."
+        ) from err
     for modality, head in heads.items():
         prefix = f"{modality}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -3,7 +3,7 @@
 Search order for a source ``repo_or_path`` (+ optional ``subfolder``):
 
 1. an existing local path (absolute, or relative to the checkpoint directory that names it);
-2. ``$GEN_ALIGN_HOME/<repo_or_path>`` (or ``--weights-dir``), e.g. a ``huggingface-cli download --local-dir`` copy;
+2. ``$GEN_ALIGN_HOME/<repo_or_path>`` (or ``--weights-dir``), e.g. a ``hf download --local-dir`` copy;
 3. the hub id itself (the Hugging Face cache; downloads unless ``HF_HUB_OFFLINE=1``).
 
 A source that cannot be found raises :class:`~gen_align.errors.WeightsNotFoundError` naming what is missing,
@@ -86,7 +86,7 @@ def load_from_source(
             tried.append(f"hub {source}" + (f" (subfolder {subfolder})" if subfolder else "") + f": {err}")
         include = f" --include '{subfolder}/*'" if subfolder else ""
         hint = (
-            f"download it with `huggingface-cli download {source}{include} --local-dir "
+            f"download it with `hf download {source}{include} --local-dir "
             f"{weights_home(weights_dir) / source}` on a machine with network, "
             "or point --weights-dir / GEN_ALIGN_HOME at a directory that holds it"
         )

@@ -149,7 +149,7 @@ def _local_or_hub(read: Callable[[str], Any], what: str) -> Callable[..., Any]:
                 raise
             raise InputFileError(
                 f"{what} at {location} could not be loaded ({type(err).__name__}: {err}). The folder is incomplete "
-                "or its weights/configs do not parse; download it again (huggingface-cli download ... --local-dir)."
+                "or its weights/configs do not parse; download it again (hf download ... --local-dir)."
             ) from err
 
     return loader

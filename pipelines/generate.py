@@ -90,7 +90,17 @@ def generate(
         sidecar = {"image": f"{name}.png", "index": i, "n": n, "seed": decode.seed + i, **output.record}
         result.files.append(write_json_atomic(out / f"{name}.json", sidecar))
     result.files.append(save_png(grid(output.images), out / "grid.png"))
+    _remove_stale_images(out, len(output.images))
     return result
+
+
+def _remove_stale_images(out: Path, count: int) -> None:
+    """Delete ``image_NNN.png`` / ``.json`` left in ``out`` by an earlier run of more images (index ≥ ``count``),
+    once this run's files are written, so the folder holds one run's images only."""
+    for path in out.glob("image_*.*"):
+        stem, _, index = path.stem.partition("_")
+        if path.suffix in (".png", ".json") and index.isdigit() and int(index) >= count:
+            path.unlink(missing_ok=True)
 
 
 def interpolate_images(

@@ -3,7 +3,8 @@ a small ``AutoencoderKL`` (as the real unCLIP decoders) or, without an autoencod
 
 Conditioning is Stable UnCLIP's: the UNet has ``class_embed_type="projection"`` and gets the ``(B, d)`` embedding
 as ``class_labels`` (raw scale, as trained), added to its timestep embedding and applied by FiLM
-(``resnet_time_scale_shift="scale_shift"``). There is no cross-attention. The classifier-free-guidance negative
+(``resnet_time_scale_shift="scale_shift"``); a UNet built with ``image_tokens`` also attends to the embedding
+projected to tokens (Kandinsky 2.2's decoder conditioning). The classifier-free-guidance negative
 is a zero vector (training drops the condition to zeros). With a ``vae`` the UNet denoises latents
 ``C × s × s`` scaled by ``vae.config.scaling_factor`` (Stable Diffusion's convention) and the autoencoder decodes
 them to ``3 × S × S`` images, ``S = s · 2^(levels − 1)``; without one it denoises the images in ``[-1, 1]`` directly.
@@ -47,6 +48,14 @@ def mini_scheduler(**overrides: Any) -> DDIMScheduler:
         "set_alpha_to_one": True,
     }
     return DDIMScheduler(**(config | overrides))
+
+
+def unet_prediction(unet: UNet2DConditionModel, x: Tensor, t: Tensor, embeds: Tensor) -> Tensor:
+    """A mini UNet's raw prediction: ``embeds`` as its class embedding and, for a UNet with image tokens
+    (``encoder_hid_dim_type="image_proj"``, Kandinsky 2.2's conditioning), as its cross-attention context too."""
+    tokens = unet.config.encoder_hid_dim_type == "image_proj"
+    added = {"image_embeds": embeds} if tokens else None
+    return unet(x, t, encoder_hidden_states=None, class_labels=embeds, added_cond_kwargs=added).sample
 
 
 class MiniUnCLIPPipeline(DiffusionPipeline):
@@ -102,11 +111,10 @@ class MiniUnCLIPPipeline(DiffusionPipeline):
     def guided_prediction(self, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, guidance: float) -> Tensor:
         """The UNet's prediction at ``t``, classifier-free guided against the zero embedding when ``guidance > 1``."""
         if guidance <= 1.0:
-            return self.unet(x, t, encoder_hidden_states=None, class_labels=embeds).sample
-        both = self.unet(
-            torch.cat([x, x]), t, encoder_hidden_states=None, class_labels=torch.cat([torch.zeros_like(embeds), embeds])
-        ).sample
-        uncond, cond = both.chunk(2)
+            return unet_prediction(self.unet, x, t, embeds)
+        uncond, cond = unet_prediction(
+            self.unet, torch.cat([x, x]), t, torch.cat([torch.zeros_like(embeds), embeds])
+        ).chunk(2)
         return uncond + guidance * (cond - uncond)
 
     @torch.no_grad()

@@ -45,6 +45,10 @@ class GenAlignOutput:
     record: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_SEED = 2**63 - 1
+"""The largest seed (image ``i`` of a call is drawn with ``seed + i`` by a 64-bit torch generator)."""
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """Sampling options of a decoder call (``None``: the decoder's default)."""
@@ -63,7 +67,7 @@ class DecodeOptions:
 
     def check(self, names: Mapping[str, str] = ARGUMENT_NAMES) -> None:
         """Cheap validation before any model is loaded; ``names`` say how messages name the arguments."""
-        integer(self.seed, names["seed"], low=0)
+        integer(self.seed, names["seed"], low=0, high=MAX_SEED)
         for value, key in ((self.steps, "steps"), (self.batch_size, "batch_size")):
             if value is not None:
                 integer(value, names[key], low=1)
@@ -292,6 +296,12 @@ class GenAlignPipeline:
         """The steps and guidance (and noise level) a call with ``sampling`` uses, for provenance records."""
         return self._options(0, sampling).record(self.decoder, self.session.info.kind)
 
+    def _warnings(self, prompts: list[Any]) -> dict[str, list[str]]:
+        """``{"warnings": [...]}`` for the record when a prompt will not steer the image (none of its words is one
+        the space's text tower learned), else nothing."""
+        warnings = [w for w in (self.space.prompt_warning(p) for p in prompts if isinstance(p, str)) if w]
+        return {"warnings": warnings} if warnings else {}
+
     def _options(self, seed: int, sampling: Mapping[str, Any]) -> DecodeOptions:
         unknown = sorted(set(sampling) - set(SAMPLING_OPTIONS))
         if unknown:
@@ -341,6 +351,7 @@ class GenAlignPipeline:
         blend_weights = validate_weights(weights, list(given))
         call_kwargs = decode.call_kwargs(self.session.info.kind, names)
         raw = self.embed(text, audio, image)
+        warnings = self._warnings([text])  # before decoding: a one-call pipeline frees its encoders then
         direction, z = blended(raw, blend_weights, mode, self.stats)
         images = self.decoder(z.expand(num_images, -1), seed=seed, **call_kwargs)
         record = {
@@ -352,6 +363,7 @@ class GenAlignPipeline:
             **decode.record(self.decoder, self.session.info.kind),
             "size": list(images[0].size),
             "embedding": embedding_report(raw, direction, z, self.stats),
+            **warnings,
         }
         return GenAlignOutput(images=images, record=record)
 
@@ -389,6 +401,7 @@ class GenAlignPipeline:
                 raise ConfigError(f"{name}: unknown input kind {kind!r}; use one of {CONDITION_KINDS}.")
             endpoints.append((kind, value, self.embed(**{kind: value})[kind]))
         (ka, va, a), (kb, vb, b) = endpoints
+        warnings = self._warnings([v for k, v in ((ka, va), (kb, vb)) if k == "text"])
         directions, z = interpolated(a, b, frames, mode, self.stats)
         images = self.decoder(z, seed=[seed] * frames, **call_kwargs)
         record = {
@@ -403,5 +416,6 @@ class GenAlignPipeline:
             **decode.record(self.decoder, self.session.info.kind),
             "size": list(images[0].size),
             "embedding": embedding_report({"start": a, "end": b}, directions, z, self.stats),
+            **warnings,
         }
         return GenAlignOutput(images=images, record=record)

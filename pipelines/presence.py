@@ -76,7 +76,7 @@ def default_preset(modalities: Iterable[str], weights_dir: str | os.PathLike | N
 
 
 def download_instructions(modalities: Iterable[str], weights_dir: str | os.PathLike | None = None) -> str:
-    """The no-weights message: every preset's hub ids with the ``huggingface-cli`` commands that fetch them."""
+    """The no-weights message: every preset's hub ids with the ``hf download`` commands that fetch them."""
     home = weights_home(weights_dir)
     modalities = sorted(set(modalities))
     lines = [
@@ -90,7 +90,7 @@ def download_instructions(modalities: Iterable[str], weights_dir: str | os.PathL
     for rank, preset in enumerate(sorted(hub_presets, key=lambda p: p.embedding_dim)):
         lines.append(f"{'Smallest' if rank == 0 else 'Or'}: --preset {preset.name} ({preset.description}), get:")
         hub = {r.source for r in requirements(preset, modalities) if looks_like_hub_id(r.source)}
-        lines += [f"  huggingface-cli download {s} --local-dir {home / s}" for s in sorted(hub)]
+        lines += [f"  hf download {s} --local-dir {home / s}" for s in sorted(hub)]
     if "audio" in modalities:
         lines.append(f"Audio: {BEATS_HINT} (and a trained space with an audio head: --space CKPT).")
     lines.append(

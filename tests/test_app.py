@@ -366,3 +366,21 @@ def test_real_browser_generates_and_shows_errors(served, browser):
     button.click()
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#gallery img")))
     assert "Traceback" not in browser.page_source
+
+
+def test_a_busy_port_is_refused_before_any_model_loads(capsys):
+    """`gen-align app --port P` with P held by another server: one line naming --port, exit 2 (not Gradio's
+    OSError about server_port), before the models are loaded."""
+    import socket
+
+    from gen_align.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["app", "--port", str(port), "--preset", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}" in err and "--port" in err and "server_port" not in err
+    assert main(["app", "--port", "70000"]) == 2
+    assert "--port must be an integer in 1..65535, got 70000" in capsys.readouterr().err

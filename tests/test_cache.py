@@ -269,7 +269,7 @@ def test_disk_full_raises_output_error_and_keeps_index_consistent(tmp_path, monk
             encode_to_cache(items, "audio", features_of, cache, batch_size=4, progress=False)
     # The shard write failed: index.json still lists exactly the two good shards, no temp files remain.
     assert shard_files(out) == ["audio-000-000000.safetensors", "audio-000-000001.safetensors"]
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in out.iterdir() if p.name.startswith(".") and not p.name.startswith(".lock-")] == []
     assert FeatureCache.load(out).verify() == [] and len(FeatureCache.load(out).ids("audio")) == 8
 
     # The shard lands but the index update fails: the shard is removed again.
@@ -286,3 +286,46 @@ def test_disk_full_raises_output_error_and_keeps_index_consistent(tmp_path, monk
     encode_to_cache(items, "audio", features_of, cache, batch_size=4, progress=False)
     cache.close()
     assert torch.equal(FeatureCache.load(out).to_dict(["audio"])["audio"], reference(tmp_path, items))
+
+
+def test_a_second_writer_is_refused_and_the_cache_stays_intact(tmp_path):
+    """Two writers on one cache (two `gen-align encode` runs at once): the second is refused with the first's pid
+    before it touches a file, even with overwrite; after the first closes (or dies) a writer gets in again."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from gen_align.data.cache import FeatureCache
+    from gen_align.errors import OutputError
+
+    out = tmp_path / "cache"
+    identity = {"space": "s"}
+    first = FeatureCache.open(out, identity, 4)
+    first.write("image", ["a", "b"], torch.ones(2, 3))
+    with pytest.raises(OutputError, match=rf"being written by pid {os.getpid()} .*another folder"):
+        FeatureCache.open(out, identity, 4, overwrite=True)
+    first.close()
+    assert torch.equal(FeatureCache.load(out).get("image", ["a", "b"]), torch.ones(2, 3))
+    with FeatureCache.open(out, identity, 4) as second:  # the lock was let go
+        second.write("image", ["c"], torch.zeros(1, 3))
+    # a holder in another process: refused while it lives, free once it is killed (the kernel drops the lock)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from gen_align.data.cache import FeatureCache
+            cache = FeatureCache.open({str(out)!r}, {identity!r}, 4)
+            print("locked", flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError, match=rf"being written by pid {holder.pid} "):
+            FeatureCache.open(out, identity, 4)
+    finally:
+        holder.kill()
+        holder.wait()
+    FeatureCache.open(out, identity, 4).close()
+    assert FeatureCache.load(out).get("image", ["c"]).shape == (1, 3)

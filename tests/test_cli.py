@@ -163,3 +163,17 @@ def test_analyze_a_space_on_a_manifest_writes_figures(tmp_path, capsys):
     assert paired[frozenset({"image", "text"})] == pytest.approx(expected, abs=1e-5)
     assert main([*args, "--embeddings", "x.safetensors", "--out", str(out)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`gen-align objectives --json | head`: the reader leaves before the output comes (here `true`, which reads
+    nothing); the command ends quietly with exit 0 (the pipeline's status is the command's, by pipefail)."""
+    command = f"set -o pipefail; {sys.executable} -m gen_align objectives --json | true"
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_a_seed_beyond_64_bits_is_refused_with_the_range(capsys):
+    assert main(["generate", "--text", "a red circle", "--seed", "1180591620717411303424", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed must be an integer in 0..9223372036854775807, got 1180591620717411303424" in err

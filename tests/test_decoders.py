@@ -183,7 +183,7 @@ def test_loading_errors_name_the_problem(home, tmp_path):
     with pytest.raises(WeightsNotFoundError) as err:
         load_decoder("stabilityai/stable-diffusion-2-1-unclip", weights_dir=tmp_path / "empty")
     message = str(err.value)
-    assert str(tmp_path / "empty" / SD) in message and f"huggingface-cli download {SD}" in message
+    assert str(tmp_path / "empty" / SD) in message and f"hf download {SD}" in message
     with pytest.raises(ConfigError, match="holds a KandinskyV22PriorPipeline pipeline"):
         inspect_decoder(str(home / PRIOR))
     broken = tmp_path / "broken"

@@ -82,3 +82,18 @@ def test_encode_unknown_modality(space_dir, tmp_path, capsys):
         ["encode", str(manifest), "--space", str(space_dir), "--out", str(tmp_path / "c"), "--modalities", "smell"]
     )
     assert code == 2 and "subset of" in capsys.readouterr().err
+
+
+def test_encode_defaults_to_the_same_preset_as_generate(tmp_path, monkeypatch):
+    """Without --preset/--space, encode takes the smallest preset whose weights are here, as generate, fid and
+    app do (the shipped mini preset on a machine with nothing downloaded), not a hub preset it cannot load."""
+    from gen_align.pipelines.presence import default_preset
+
+    monkeypatch.setenv("GEN_ALIGN_HOME", str(tmp_path / "home"))  # nothing downloaded
+    manifest = make_manifest(tmp_path / "data", n=2, missing_image_for=())
+    out = tmp_path / "cache"
+    assert main(["encode", str(manifest), "--modalities", "image,text", "--out", str(out)]) == 0
+    cache = FeatureCache.load(out)
+    mini = AlignedSpace.from_pretrained(default_preset(["image", "text"]))
+    assert default_preset(["image", "text"]) == "mini"
+    assert cache.get("image", ["item0"]).shape == (1, mini.config["embedding_dim"])

@@ -109,6 +109,25 @@ def test_first_run_writes_images_scores_table_and_grids(first):
     assert "KID mean" in table and "A2I: 1 item(s) skipped" in table
 
 
+def test_unreliable_scores_are_flagged_in_the_table(first):
+    """A rank-deficient covariance (fewer images than feature dimensions) and a negative KID are listed under the
+    table (and printed by the command), not only buried in fid.json."""
+    import copy
+
+    from gen_align.eval.vggsound_fid import fid_table, fid_warnings
+
+    record = copy.deepcopy(first[1])
+    record["conditions"]["text"]["warnings"] = ["covariance x comes from n=5 samples of 64-d features"]
+    record["conditions"]["audio"]["kid"]["mean"] = -0.002
+    notes = fid_warnings(record)
+    assert notes == [
+        "T2I: covariance x comes from n=5 samples of 64-d features",
+        "A2I: KID -0.002 < 0, the unbiased estimate is within noise of 0 with 4 images; use more items.",
+    ]
+    table = fid_table(record)
+    assert all(f"- {n}" in table for n in notes)
+
+
 def test_rerun_generates_nothing_and_reuses_reference_cache(world, first, capsys):
     out, record = first
     capsys.readouterr()

@@ -102,6 +102,10 @@ def test_generate_from_audio_writes_pngs_grid_and_sidecars(world, tmp_path):
     single = tmp_path / "c"
     assert main([*args, "--n", "1", "--seed", "4", *SMALL, "--noise-level", "10", "--out", str(single)]) == 0
     assert np.abs(pixels(single / "image_000.png") - pixels(out / "image_001.png")).max() <= 2
+    # a rerun of fewer images into the same folder leaves no stale image_001 beside the new image_000; other files stay
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--n", "1", "--seed", "4", *SMALL, "--noise-level", "10", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "image_000.json", "image_000.png", "notes.txt"]
 
 
 def test_generate_text_audio_blend_on_kandinsky(world, tmp_path):
@@ -181,7 +185,7 @@ def test_no_weights_at_all_says_how_to_get_them(world, tmp_path, capsys, monkeyp
     argv = ["generate", "--text", "a cat", "--audio", world["audio"], "--weights-dir", str(empty)]
     err = fails(argv, capsys, "no preset has its weights", "GEN_ALIGN_HOME", "--weights-dir", "microsoft/unilm")
     for repo in (*PRESET_PATHS["stable-unclip-h"], *PRESET_PATHS["kandinsky-2.2"]):
-        assert f"huggingface-cli download {repo} --local-dir {empty / repo}" in err
+        assert f"hf download {repo} --local-dir {empty / repo}" in err
 
 
 def test_user_errors_exit_2_with_a_message(world, tmp_path, capsys):

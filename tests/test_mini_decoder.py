@@ -269,3 +269,45 @@ def test_the_autoencoder_trains_and_a_latent_decoder_trains_on_its_latents(tmp_p
     assert reloaded.image_size == 16 and reloaded.vae.config.scaling_factor == vae.config.scaling_factor
     out = reloaded(z[:1], num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="pt")
     assert out.images.shape == (1, 3, 16, 16)
+
+
+def test_image_tokens_condition_the_unet_as_kandinsky_2_2(tmp_path):
+    """With ``token_levels`` the embedding is also the cross-attention context, as Kandinsky 2.2's decoder has it:
+    tokens = LayerNorm(reshape(W e + b, (32, C))) (written out here), attended at those levels; the class embedding
+    stays. The pipeline and the training loss give the UNet exactly that context."""
+    from gen_align.pipelines.mini import unet_prediction
+
+    config = unet_config(HIDDEN, token_levels=(0,), **TINY)
+    assert config["down_block_types"] == ("CrossAttnDownBlock2D", "DownBlock2D")
+    assert config["up_block_types"] == ("UpBlock2D", "CrossAttnUpBlock2D")
+    assert (config["encoder_hid_dim_type"], config["encoder_hid_dim"], config["cross_attention_dim"]) == (
+        "image_proj", HIDDEN, 8
+    )  # fmt: skip
+    assert unet_config(HIDDEN, token_levels=(1,), **TINY)["mid_block_type"] == "UNetMidBlock2DCrossAttn"
+    with pytest.raises(ConfigError, match="token_levels .* level indices in 0..1"):
+        unet_config(HIDDEN, token_levels=(2,), **TINY)
+    unet = build_unet(HIDDEN, seed=1, token_levels=(0,), **TINY).eval()
+    heads = [m.heads for m in unet.modules() if type(m).__name__ == "Attention"]
+    assert heads and all(h == 1 for h in heads)  # 8- and 16-channel levels: one head each, not one per channel
+    z, x, t = embeds(2), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([10, 900])
+    proj = unet.encoder_hid_proj
+    linear = z @ proj.image_embeds.weight.T + proj.image_embeds.bias
+    tokens = torch.nn.functional.layer_norm(linear.reshape(2, 32, 8), (8,), proj.norm.weight, proj.norm.bias)
+    with torch.no_grad():
+        ours = unet_prediction(unet, x, t, z)
+        unet.encoder_hid_proj = None  # the same UNet given the tokens directly
+        direct = unet(x, t, encoder_hidden_states=tokens, class_labels=z).sample
+        other_tokens = unet(x, t, encoder_hidden_states=torch.zeros_like(tokens), class_labels=z).sample
+        unet.encoder_hid_proj = proj
+    assert torch.allclose(ours, direct, atol=1e-5)
+    assert not torch.allclose(ours, other_tokens, atol=1e-3)  # the tokens matter
+    images, codes_z, _ = colour_set(side=16, n=8)
+    settings = FitSettings(steps=3, batch_size=4, lr=1e-3, ema_decay=0.9, checkpoint_every=2)
+    train_decoder(
+        images, codes_z, out_dir=tmp_path / "tokens", settings=settings,
+        unet_overrides={"block_out_channels": (8, 16), "token_levels": (1,)}, progress=False,
+    )  # fmt: skip
+    reloaded = MiniUnCLIPPipeline.from_pretrained(tmp_path / "tokens")
+    assert reloaded.unet.config.encoder_hid_dim_type == "image_proj"
+    out = reloaded(codes_z[:2], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.images.shape == (2, 3, 16, 16) and torch.isfinite(out.images).all()

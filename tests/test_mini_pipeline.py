@@ -46,11 +46,16 @@ def test_a_changed_recipe_retrains_a_stage_instead_of_resuming_its_old_state(smo
     work = tmp_path / "work"
     shutil.copytree(smoke_run[0], work)
     unet = work / "decoder" / "unet" / "diffusion_pytorch_model.safetensors"
-    old_key = json.loads((work / "stages.json").read_text())["decoder"]["hash"]
+    old_record = json.loads((work / "stages.json").read_text())
+    old_key = old_record["decoder"]["hash"]
     before = load_file(unet)
     # the same step counts (so the same fit settings) with another loss weighting: a stale state must not be resumed
-    record = MiniBuild(work, replace(smoke_recipe(), decoder_snr_gamma=5.0), progress=False).run(("decoder",))
+    record = MiniBuild(work, replace(smoke_recipe(), decoder_snr_gamma=5.0), progress=False).run(STAGES)
     new_key = record["decoder"]["hash"]
+    # only the decoder was redone: its autoencoder (its own stage) and every other stage are kept
+    assert {s: v for s, v in record.items() if s != "decoder"} == {
+        s: v for s, v in old_record.items() if s != "decoder"
+    }
     assert new_key != old_key
     assert {p.name for p in (work / "checkpoints").glob("decoder-*")} == {f"decoder-{old_key}", f"decoder-{new_key}"}
     after = load_file(unet)
@@ -192,16 +197,19 @@ def test_reuse_shipped_marks_the_shipped_models_done_for_their_recipe(smoke_run,
     work = tmp_path / "work"
     recipe = smoke_recipe()
     assert json.loads((shipped / "recipe.json").read_text())["stages"] == MiniBuild(work, recipe).stage_hashes()
-    assert seed_from_shipped(work, recipe, source=shipped) == ["towers", "decoder", "classifier"]
+    assert seed_from_shipped(work, recipe, source=shipped) == ["towers", "autoencoder", "decoder", "classifier"]
     record = json.loads((work / "stages.json").read_text())
     hashes = MiniBuild(work, recipe, progress=False).stage_hashes()
-    for stage in ("towers", "decoder", "classifier"):
+    for stage in ("towers", "autoencoder", "decoder", "classifier"):
         assert record[stage] == {"hash": hashes[stage], "seconds": 0.0, "source": "shipped"}
     base = AlignedSpace.from_pretrained(MiniPaths(work).base_space)
     assert dict(base.heads) == {} and set(base.towers) == {"image", "text", "audio"}
     assert (MiniPaths(work).decoder / "model_index.json").is_file()
+    assert (MiniPaths(work).autoencoder / "config.json").is_file()
     assert seed_from_shipped(work, recipe, source=shipped) == []  # already seeded: nothing is copied again
-    with pytest.raises(ConfigError, match="not shipped from this recipe.*towers, decoder, classifier differ"):
+    with pytest.raises(
+        ConfigError, match="not shipped from this recipe.*towers, autoencoder, decoder, classifier differ"
+    ):
         seed_from_shipped(tmp_path / "other", FULL, source=shipped)
     # the CLI's full recipe cannot take the models a smoke recipe shipped
     assert main(["mini", "train", "--smoke", "--reuse-shipped", "--work", str(tmp_path / "w2"), "--quiet"]) == 2
@@ -219,3 +227,25 @@ def test_check_and_ablations_refuse_bad_settings(tmp_path, capsys):
     build = MiniBuild(tmp_path / "work", replace(smoke_recipe(), objectives=("infonce",)), progress=False)
     with pytest.raises(ConfigError, match="the ablations vary unialign, which this recipe does not train"):
         build.ablations()
+
+
+def test_a_stage_running_in_another_process_is_not_run_twice(smoke_run, tmp_path):
+    """Two `mini train` runs on one work folder: a stage another process is running is refused (its lock names
+    the holder); other stages may run beside it (e.g. ``--stages decoder`` next to ``heads``)."""
+    import os
+    import shutil
+    from dataclasses import replace
+
+    from gen_align.errors import OutputError
+    from gen_align.io import FolderLock
+    from gen_align.mini.recipes.build import MiniBuild
+    from gen_align.mini.recipes.recipe import smoke_recipe
+
+    work = tmp_path / "work"
+    shutil.copytree(smoke_run[0], work)
+    recipe = replace(smoke_recipe(), decoder_snr_gamma=5.0, classifier=replace(smoke_recipe().classifier, lr=2e-3))
+    with FolderLock(work, "stage-decoder"):
+        with pytest.raises(OutputError, match=rf"being written by pid {os.getpid()} "):
+            MiniBuild(work, recipe, progress=False).run(("decoder",))
+        record = MiniBuild(work, recipe, progress=False).run(("classifier",))
+    assert record["classifier"]["hash"] == MiniBuild(work, recipe).stage_hashes()["classifier"]

@@ -4,6 +4,7 @@ bit-exact, heads/output scale behave, and missing weights say where they were lo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_preset_without_weights_names_every_place_looked(tmp_path):
     message = str(err.value)
     assert "CLIP image encoder stabilityai/stable-diffusion-2-1-unclip" in message
     assert str(tmp_path / "empty" / "stabilityai/stable-diffusion-2-1-unclip" / "image_encoder") in message
-    assert "huggingface-cli download stabilityai/stable-diffusion-2-1-unclip --include 'image_encoder/*'" in message
+    assert "hf download stabilityai/stable-diffusion-2-1-unclip --include 'image_encoder/*'" in message
 
 
 def test_unknown_preset_and_missing_tower(tmp_path):
@@ -179,11 +180,12 @@ def test_audio_without_head_or_tower_is_refused(unclip_home, tmp_path):
         (lambda c: c.update(heads=["audio"]), r"heads .* must be an object"),
         (lambda c: c["towers"]["audio"].update(window_second=10), r"unknown key\(s\) \['window_second'\]"),
         (lambda c: c["towers"]["text"].update(kind="clip-txt"), r"towers.text.kind .* expected one of"),
-        (lambda c: c["towers"]["image"].pop("source"), r"towers.image \(clip-vision\) .* needs 'source'"),
+        (lambda c: c["towers"]["image"].pop("source"), r"towers.image \(open-clip-vision\) .* needs 'source'"),
         (lambda c: c["heads"]["audio"].update(in_dim="ninety-six"), r"heads.audio .* in_dim must be an integer"),
         (lambda c: c["heads"]["text"].update(depth=3), r"heads.text .*unexpected keyword.*valid keys"),
         (lambda c: c.update(output_norm=-1.0), r"output_norm .* positive number or null"),
         (lambda c: c["towers"].update(audio="beats"), r"towers.audio in .* must be an object"),
+        (lambda c: c.update(text_vocabulary=["circle"]), r"text_vocabulary .* must be an object \{'words'"),
     ],
 )
 def test_wrongly_typed_space_configs_are_refused_with_the_key(tmp_path, edit, message):
@@ -202,3 +204,26 @@ def test_wrongly_typed_space_configs_are_refused_with_the_key(tmp_path, edit, me
     # a tower that is never built may lack its source (generate --text builds no image tower); anything else: exit 2
     expected = 0 if "needs 'source'" in message else 2
     assert main(["generate", "--space", str(space), "--text", "a star", "--out", str(tmp_path / "out")]) == expected
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_a_damaged_weights_file_is_a_clear_error(tmp_path, damage):
+    """A truncated download or a header that claims more than the file holds, in a tower or in the heads: a
+    CheckpointError naming the file's folder and the fix (the CLI's exit 2), not safetensors' bare error."""
+    import shutil
+
+    from tiny_models import tiny_audio_space
+
+    from gen_align.errors import CheckpointError
+
+    source = Path(tiny_audio_space(tmp_path / "ok"))
+    for target in sorted(p.relative_to(source) for p in source.rglob("*.safetensors")):
+        copy = tmp_path / f"{damage}-{target.parent.name}-{target.stem}"
+        shutil.copytree(source, copy)
+        data = (copy / target).read_bytes()
+        (copy / target).write_bytes(
+            data[: len(data) // 2] if damage == "truncate" else (10**12).to_bytes(8, "little") + data[8:]
+        )
+        with pytest.raises(CheckpointError, match="truncated or corrupt") as caught:
+            AlignedSpace.from_pretrained(copy)
+        assert str(copy) in str(caught.value) or str((copy / target).parent) in str(caught.value), caught.value

@@ -345,3 +345,19 @@ def test_a_checkpoint_of_an_older_layout_is_refused_with_advice(features, tmp_pa
     (next((tmp_path / "run" / "checkpoints").glob("step-*")) / "training_state.pt").unlink()
     with pytest.raises(GenAlignError, match="written by an older gen-align .* Start a new run"):
         Trainer(config(tmp_path, features, checkpoint_every=2, max_steps=4)).fit(resume=True)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(features, tmp_path):
+    """While a run holds ``out`` (here its lock, held as a running trainer holds it), another trainer into that
+    folder is refused with the holder's pid and writes nothing; once it is let go the run trains."""
+    import os
+
+    from gen_align.io import FolderLock
+
+    cfg = config(tmp_path, features, epochs=1)
+    with FolderLock(cfg.out, "rank0"):
+        with pytest.raises(OutputError, match=rf"being written by pid {os.getpid()} "):
+            Trainer(cfg).fit(progress=False)
+        assert not (tmp_path / "run" / "train_summary.json").exists()
+    Trainer(cfg).fit(progress=False)
+    assert (tmp_path / "run" / "train_summary.json").is_file()

@@ -8,13 +8,34 @@ from gen_align.commands._decoding import add_model_arguments, add_sampling_argum
 from gen_align.errors import ConfigError
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before any model is loaded, a ``host:port`` another server holds (or this host cannot bind)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ConfigError(f"--host {host!r} is not an address of this machine ({err}); e.g. --host 127.0.0.1.") from err
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot serve on {host}:{port} ({err.strerror or err}): another server holds the port or the "
+                f"address is not this machine's; pick another with --port (e.g. --port {port % 65535 + 1})."
+            ) from err
+
+
 def run(args: argparse.Namespace) -> int:
+    from gen_align.checks import integer, positive
+
+    check_port_free(args.host, integer(args.port, "--port", low=1, high=65535))
     try:
         from gen_align.app.demo import Models, build_demo, launch
     except ImportError as err:
         raise ConfigError(f"the app needs gradio ({err}); install it with: pip install 'gradio>=5'.") from err
-    from gen_align.checks import integer, positive
-
     max_seconds = positive(args.max_audio_seconds, "--max-audio-seconds")
     keep = integer(args.keep_models, "--keep-models", low=1)
     decode = sampling_options(args)

@@ -8,11 +8,17 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from gen_align.feature_extraction import encode_manifest
 
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    space = args.space or args.preset
+    if space is None:  # as generate, fid and app: the smallest preset whose weights are here (mini when shipped)
+        from gen_align.pipelines.presence import default_preset
+
+        space = default_preset(modalities, args.weights_dir)
     summary = encode_manifest(
         args.manifest,
-        args.space or args.preset,
+        space,
         args.out,
-        modalities=[m.strip() for m in args.modalities.split(",") if m.strip()],
+        modalities=modalities,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         weights_dir=args.weights_dir,
@@ -31,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sha256; re-running resumes. Multi-GPU: accelerate launch -m gen_align encode ...",
     )
     p.add_argument("manifest", help="JSONL manifest; paths relative to its folder")
-    p.add_argument("--preset", default="stable-unclip-h", help="preset name (default: stable-unclip-h)")
+    p.add_argument(
+        "--preset", help="preset name (default: the smallest preset whose weights are present, as in generate)"
+    )
     p.add_argument("--space", help="a trained space checkpoint directory instead of a preset")
     p.add_argument("--modalities", default="image,text,audio", help="comma list (default: image,text,audio)")
     p.add_argument("--out", required=True, help="output directory of the cache")

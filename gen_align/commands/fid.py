@@ -11,7 +11,7 @@ MINI_EXTRACTOR = "gen_align.mini.recipes.classifier:shipped_extractor"
 
 
 def run(args: argparse.Namespace) -> int:
-    from gen_align.eval.vggsound_fid import FIDOptions, argument_names, parse_conditions, run_fid
+    from gen_align.eval.vggsound_fid import FIDOptions, argument_names, fid_warnings, parse_conditions, run_fid
     from gen_align.pipelines.generate import CLI_FLAGS
     from gen_align.pipelines.session import parse_weights
 
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         kid = f", KID {entry['kid']['mean']:.4g}" if "kid" in entry else ""
         skipped = f", {len(entry['skipped'])} skipped" if entry["skipped"] else ""
         print(f"  {entry['column']:<14} FID {score}{kid} ({entry['images']} images{skipped})")
+    for note in fid_warnings(record):
+        print(f"  warning: {note}")
     print(f"wrote {args.out}/fid.json, fid.md and grids/")
     return 0
 

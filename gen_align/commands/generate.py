@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gen_align.commands._decoding import add_model_arguments, add_sampling_arguments, model_options, sampling_options
 
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         f"{result.record['decoder']['kind']} ({result.record['space']}): {args.n} image(s), embedding norm "
         f"{', '.join(f'{k} {v:.3g}' for k, v in e['norms_before'].items())} -> {e['norm_after']:.4g}"
     )
+    for warning in result.record.get("warnings", []):
+        print(f"gen-align generate: warning: {warning}", file=sys.stderr)
     print(f"wrote {len(result.files)} files to {args.out} (grid.png, image_*.png + .json)")
     return 0
 

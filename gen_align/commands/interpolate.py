@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gen_align.commands._decoding import add_model_arguments, add_sampling_arguments, model_options, sampling_options
 
@@ -21,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
         duration_ms=args.duration,
         out=args.out,
     )
+    for warning in result.record.get("warnings", []):
+        print(f"gen-align interpolate: warning: {warning}", file=sys.stderr)
     print(f"{args.frames} frames ({result.record['decoder']['kind']}); wrote " + ", ".join(map(str, result.files)))
     return 0
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from gen_align.data.manifest import MODALITIES, ManifestItem
 from gen_align.errors import ConfigError, EmbeddingError, GenAlignError, InputFileError, OutputError
-from gen_align.io import write_bytes_atomic, write_text_atomic
+from gen_align.io import FolderLock, write_bytes_atomic, write_text_atomic
 
 FORMAT = "gen-align-feature-cache"
 FORMAT_VERSION = 1
@@ -106,6 +106,25 @@ class FeatureCache:
             raise ConfigError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}.")
         if out_dir.exists() and not out_dir.is_dir():
             raise OutputError(f"feature cache path {out_dir} is a file; choose a directory.")
+        lock = FolderLock(out_dir, f"rank{rank}").acquire()  # before anything is cleared or resumed
+        try:
+            return cls._open_locked(out_dir, identity, shard_size, dtype, rank, world_size, overwrite, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(
+        cls,
+        out_dir: Path,
+        identity: dict[str, Any],
+        shard_size: int,
+        dtype: str | torch.dtype,
+        rank: int,
+        world_size: int,
+        overwrite: bool,
+        lock: FolderLock,
+    ) -> FeatureCache:
         if overwrite:
             if world_size > 1:
                 raise ConfigError(
@@ -124,6 +143,7 @@ class FeatureCache:
         except OSError as err:
             raise OutputError(f"could not create feature cache {out_dir}: {err.strerror or err}.") from err
         cache = cls(out_dir, header, writable=True, rank=rank, world_size=world_size)
+        cache._lock = lock
         cache._resume(parts)
         return cache
 
@@ -260,17 +280,27 @@ class FeatureCache:
                 self._flush_shard(m, min(len(self._buf_ids[m]), self.shard_size))
 
     def close(self) -> None:
-        """Flush every partial shard and write the index."""
-        self.flush()
-        self._write_own_index()
+        """Flush every partial shard, write the index and let the next writer in."""
+        try:
+            self.flush()
+            self._write_own_index()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> FeatureCache:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        """Close on success; on an exception the buffered rows are dropped, as a kill would."""
+        """Close on success; on an exception the buffered rows are dropped, as a kill would (the lock is let go)."""
         if exc_type is None and self.writable:
             self.close()
+        else:
+            self._release()
 
     def _write_checked(self, modality: str, ids: list[str], tensor: torch.Tensor) -> None:
         self._require_writable()

@@ -26,12 +26,19 @@ from gen_align.weights import BEATS_HINT, load_from_source
 
 def load_beats_source(path: str | os.PathLike) -> BEATs:
     """An official ``.pt`` checkpoint, or a ``config.json`` + ``model.safetensors`` directory."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     if not path.is_dir():
         return load_beats(path)
     try:
         cfg = BEATsConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
         state = load_file(str(path / "model.safetensors"))
+    except SafetensorError as err:
+        raise CheckpointError(
+            f"{path}/model.safetensors is not a readable safetensors file ({err}): it is truncated or corrupt; copy "
+            "the BEATs tower again."
+        ) from err
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a BEATs directory (config.json + model.safetensors): {err}") from err
     model = BEATs(cfg)

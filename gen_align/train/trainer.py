@@ -22,7 +22,7 @@ from torch import nn
 
 from gen_align.errors import CheckpointError, ConfigError, InputFileError, OutputError
 from gen_align.heads import HeadConfig, HeadSet
-from gen_align.io import write_folder_atomic, write_json_atomic
+from gen_align.io import FolderLock, write_folder_atomic, write_json_atomic
 from gen_align.objectives.registry import Objective, get_objective
 from gen_align.space import AlignedSpace, write_space_checkpoint
 from gen_align.train.config import TrainConfig, check_objectives_version
@@ -303,7 +303,12 @@ class Trainer:
 
     def fit(self, resume: bool | str | os.PathLike = False, *, progress: bool = True) -> dict[str, Any]:
         """Train to ``total_steps``; ``resume=True`` continues from the latest checkpoint in ``out``; ``progress``
-        shows the step bar (on the main process)."""
+        shows the step bar (on the main process). A second run into the same ``out`` is refused while this one runs
+        (:class:`~gen_align.io.FolderLock`)."""
+        with FolderLock(self.config.out, f"rank{self.accelerator.process_index}"):
+            return self._fit(resume, progress=progress)
+
+    def _fit(self, resume: bool | str | os.PathLike, *, progress: bool) -> dict[str, Any]:
         acc, cfg = self.accelerator, self.config
         if resume:
             path = self.latest_checkpoint() if resume is True else Path(resume)

@@ -7,8 +7,11 @@ resumable inside (the world generator, the feature cache, the trainer and :func:
 2. ``towers/``     CLIP and BEATs pretrained on the training split → ``base-space/`` (towers, no heads);
 3. ``features/``   ``gen-align encode`` of both splits into feature caches;
 4. ``heads/``      ``gen-align train`` of each objective × seed over the cached features (τ picked on validation);
-5. ``decoder/``    the pixel unCLIP decoder on the training images' raw anchor embeddings;
-6. ``classifier/`` the attribute classifier (FID features + attribute accuracy).
+5. ``ablations``   the paper's UniAlign ablations (Tables 2 and 5), as more heads;
+6. ``autoencoder/`` the decoder's ``AutoencoderKL`` on the training images (none for a pixel-space decoder), its
+   own stage so that a change to the UNet does not retrain it;
+7. ``decoder/``    the latent unCLIP decoder on the training images' raw anchor embeddings;
+8. ``classifier/`` the attribute classifier (FID features + attribute accuracy).
 
 ``ship`` copies the UniAlign space (towers inside), the decoder, the classifier and example inputs into the package.
 """
@@ -30,16 +33,17 @@ from PIL import Image
 from gen_align.data.cache import FeatureCache
 from gen_align.data.manifest import Manifest, read_manifest
 from gen_align.errors import ConfigError, InputFileError
-from gen_align.io import write_json_atomic
+from gen_align.io import FolderLock, write_json_atomic
 from gen_align.mini.world.attributes import index_tensor
 
 from .recipe import ABLATED, SHIPPED_OBJECTIVE, MiniRecipe
 from .towers import EMBEDDING_DIM, fbanks, pretrain_beats, pretrain_clip
 
-STAGES = ("world", "towers", "features", "heads", "ablations", "decoder", "classifier")
+STAGES = ("world", "towers", "features", "heads", "ablations", "autoencoder", "decoder", "classifier")
 HEAD_FIELDS = tuple(f.name for f in fields(MiniRecipe) if f.name.startswith("head_"))
 TOWER_FIELDS = ("clip", "clip_vision", "beats")
-DECODER_FIELDS = ("autoencoder", "autoencoder_arch", "decoder", "decoder_unet", "decoder_snr_gamma")
+AUTOENCODER_FIELDS = ("autoencoder", "autoencoder_arch")
+DECODER_FIELDS = (*AUTOENCODER_FIELDS, "decoder", "decoder_unet", "decoder_snr_gamma")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,10 @@ class MiniPaths:
         if not file.is_file():
             raise InputFileError(f"{file} is missing: the heads stage has not finished; run `gen-align mini train`.")
         return self.heads(objective, seed, json.loads(file.read_text(encoding="utf-8"))["tau"]) / "space"
+
+    @property
+    def autoencoder(self) -> Path:
+        return self.work / "autoencoder"
 
     @property
     def decoder(self) -> Path:
@@ -129,6 +137,7 @@ class MiniBuild:
                 ("seed", "train_items", *TOWER_FIELDS, "objectives", *HEAD_FIELDS, "ablations"),
                 self.ablations,
             ),
+            "autoencoder": (("seed", "train_items", *AUTOENCODER_FIELDS), self.autoencoder),
             "decoder": (("seed", "train_items", "clip", "clip_vision", *DECODER_FIELDS), self.decoder),
             "classifier": (("seed", "train_items", "classifier"), self.classifier),
         }
@@ -147,7 +156,8 @@ class MiniBuild:
                 continue
             started = time.perf_counter()
             self._keys[stage] = key
-            step()
+            with FolderLock(self.paths.work, f"stage-{stage}"):  # another process may run another stage, not this one
+                step()
             # re-read first: stages may run in parallel processes (e.g. ``--stages decoder`` beside ``heads``)
             self.record = {
                 **self._read_record(),
@@ -295,26 +305,42 @@ class MiniBuild:
         validation = json.loads(summary_file.read_text(encoding="utf-8"))["history"][-1]["validation"]
         return (validation["R@1/text->image"] + validation["R@1/audio->image"]) / 2
 
-    def decoder(self) -> None:
-        """The autoencoder (when the recipe has one), then the unCLIP UNet in its latent space, else in pixel space
-        (each resumable in its own checkpoint folder)."""
+    def autoencoder(self) -> None:
+        """The latent decoder's autoencoder (nothing for a recipe whose decoder works on the pixels)."""
         from .autoencoder import train_autoencoder
+
+        r = self.recipe
+        shutil.rmtree(self.paths.autoencoder, ignore_errors=True)
+        if r.autoencoder is None:
+            return
+        manifest = read_manifest(self.paths.manifest("train"))
+        vae = train_autoencoder(
+            image_tensor([item.image for item in manifest.items]),
+            settings=r.autoencoder,
+            overrides=r.autoencoder_arch,
+            checkpoint_dir=self._checkpoints("autoencoder"),
+            progress=self.progress,
+        )
+        vae.save_pretrained(self.paths.autoencoder, safe_serialization=True)
+
+    def decoder(self) -> None:
+        """The unCLIP UNet in the autoencoder's latent space (the ``autoencoder`` stage's), else in pixel space."""
+        from diffusers import AutoencoderKL
+
         from .decoder import train_decoder
 
         r = self.recipe
         manifest = read_manifest(self.paths.manifest("train"))
         images = image_tensor([item.image for item in manifest.items])
         embeds = anchor_features(self.paths, "train", [item.id for item in manifest.items])
-        ckpt = self._checkpoints("decoder")
         vae = None
-        if r.autoencoder is not None:  # a latent decoder; without one the UNet works on the pixels
-            vae = train_autoencoder(
-                images,
-                settings=r.autoencoder,
-                overrides=r.autoencoder_arch,
-                checkpoint_dir=ckpt / "autoencoder",
-                progress=self.progress,
-            )
+        if r.autoencoder is not None:
+            if self._read_record().get("autoencoder", {}).get("hash") != self.stage_hashes()["autoencoder"]:
+                raise InputFileError(
+                    "the autoencoder stage has not run for this recipe; run `gen-align mini train --stages "
+                    "autoencoder,decoder`."
+                )
+            vae = AutoencoderKL.from_pretrained(self.paths.autoencoder).eval().requires_grad_(False)
         train_decoder(
             images,
             embeds,
@@ -323,7 +349,7 @@ class MiniBuild:
             snr_gamma=r.decoder_snr_gamma,
             unet_overrides=r.decoder_unet,
             vae=vae,
-            checkpoint_dir=ckpt / "unet",
+            checkpoint_dir=self._checkpoints("decoder") / "unet",
             progress=self.progress,
         )
 
@@ -351,13 +377,13 @@ class MiniBuild:
             raise InputFileError(f"{self.record_path} is unreadable ({err}); delete it to rerun every stage.") from err
 
 
-REUSABLE_STAGES = ("towers", "decoder", "classifier")
+REUSABLE_STAGES = ("towers", "autoencoder", "decoder", "classifier")
 SHIPPED_RECIPE = "recipe.json"
 
 
 def seed_from_shipped(work: str | Path, recipe: MiniRecipe, source: Path | None = None) -> list[str]:
-    """Mark the towers, decoder and classifier stages of ``work`` done with the shipped preset's models (only the
-    heads are then retrained: the objectives changed, the models under them did not).
+    """Mark the towers, autoencoder, decoder and classifier stages of ``work`` done with the shipped preset's models
+    (only the heads are then retrained: the objectives changed, the models under them did not).
 
     Valid when the package's preset was shipped from ``recipe`` (the hashes recorded are that recipe's); the
     stages.json entries say ``"source": "shipped"``. Stages already done in ``work`` are left alone. Returns
@@ -384,12 +410,14 @@ def seed_from_shipped(work: str | Path, recipe: MiniRecipe, source: Path | None 
         config.pop("preset", None)
         AlignedSpace(config, dict(shipped.towers), {}).save_pretrained(build.paths.base_space, save_towers=True)
     for stage, folder, target in (
+        ("autoencoder", source / MINI_DECODER.name / "vae", build.paths.autoencoder),
         ("decoder", source / MINI_DECODER.name, build.paths.decoder),
         ("classifier", source / MINI_CLASSIFIER.name, build.paths.classifier),
     ):
         if stage in todo:
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(folder, target)
+            if folder.is_dir():  # a pixel-space decoder has no autoencoder
+                shutil.copytree(folder, target)
     record = {**build._read_record(), **{s: {"hash": hashes[s], "seconds": 0.0, "source": "shipped"} for s in todo}}
     write_json_atomic(build.record_path, record)
     return todo
@@ -418,12 +446,14 @@ def ship(build: MiniBuild, target: Path, *, objective: str = SHIPPED_OBJECTIVE, 
     the recipe and the stage hashes they were made with (what ``--reuse-shipped`` checks)."""
     paths = build.paths
     from gen_align.mini.shipped import MINI_CLASSIFIER, MINI_DECODER, MINI_EXAMPLES, MINI_SPACE
+    from gen_align.mini.world.captions import vocabulary, vocabulary_hint
     from gen_align.space import AlignedSpace
 
     staging = target.with_name(target.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     space = AlignedSpace.from_pretrained(paths.space(objective, seed))
     space.config["preset"] = "mini"
+    space.config["text_vocabulary"] = {"words": vocabulary(), "hint": vocabulary_hint()}
     space.config["training"] = {**space.config.get("training", {}), "seed": seed}
     space.save_pretrained(staging / MINI_SPACE.name, save_towers=True)
     shutil.copytree(paths.decoder, staging / MINI_DECODER.name, ignore=shutil.ignore_patterns("*.tmp", ".*"))

@@ -16,9 +16,10 @@ CLIP_VISION = {"layers": [1, 1, 1, 1], "width": 16, "image_size": 32}
 AUTOENCODER = {"block_out_channels": (16, 32)}
 """The autoencoder's overrides of :func:`~.autoencoder.autoencoder_config`: 32 → 16 pixels × 4 channels (the
 32 → 8 one lost shape and background in its reconstructions; docs/mini.md)."""
-DECODER_UNET = {"block_out_channels": (32, 64, 128)}
-"""The latent UNet's overrides of :func:`~.decoder.unet_config`: 16 → 8 → 4 latent pixels, 2.5 M parameters, a
-step 25 % cheaper than the 0.63 M pixel UNet's (docs/mini.md)."""
+DECODER_UNET = {"block_out_channels": (32, 64, 128), "token_levels": (1,)}
+"""The latent UNet's overrides of :func:`~.decoder.unet_config`: 16 → 8 → 4 latent pixels, 2.7 M parameters; the
+embedding is its class embedding (FiLM, as Stable UnCLIP) and, at the 8 × 8 level, 32 cross-attention tokens (as
+Kandinsky 2.2): FiLM alone drew circles for most squares and stars (docs/mini.md)."""
 SHIPPED_OBJECTIVE = "unialign"
 ABLATED = "unialign"
 """The objective whose variants :data:`ABLATIONS` trains (the paper ablates UniAlign with λ_vol on)."""

@@ -62,3 +62,15 @@ def make_caption(attributes: Mapping[str, str], rng: np.random.Generator) -> str
 
 def _options(attributes: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
     return {name: SYNONYMS[name][attributes[name]] for name in SYNONYMS}
+
+
+def vocabulary() -> list[str]:
+    """The words that name an attribute value in mini-world captions (every synonym's words but the articles),
+    sorted: a prompt with none of them tells a text tower trained on these captions nothing."""
+    phrases = [phrase for values in SYNONYMS.values() for options in values.values() for phrase in options]
+    return sorted({w for phrase in phrases for w in re.findall(r"[a-z][a-z-]*", phrase)} - {"a", "an"})
+
+
+def vocabulary_hint() -> str:
+    """What the mini world's captions talk about, for messages."""
+    return "; ".join(f"{name}: {', '.join(values)}" for name, values in SYNONYMS.items())
