@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gen_align import __version__
-from gen_align.commands import COMMANDS
+from gen_align.commands import COMMANDS, help_texts
 from gen_align.errors import GenAlignError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"gen_align.commands.{name}").register(sub)
+    help_texts.attach(parser)
     return parser
 
 

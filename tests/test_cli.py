@@ -177,3 +177,38 @@ def test_a_seed_beyond_64_bits_is_refused_with_the_range(capsys):
     assert main(["generate", "--text", "a red circle", "--seed", "1180591620717411303424", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "--seed must be an integer in 0..9223372036854775807, got 1180591620717411303424" in err
+
+
+def _commands(parser, path=()):
+    """(path, parser) of every command and sub-command of ``parser``."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name), child
+                yield from _commands(child, (*path, name))
+
+
+def test_every_command_has_a_description_and_examples_that_parse(capsys):
+    """`--help` of every command and sub-command has a description and an Examples section; every example is a
+    command line the parser accepts (flags and choices that exist), so the help never shows a stale example."""
+    import shlex
+
+    from gen_align.cli import build_parser
+    from gen_align.commands.help_texts import EXAMPLES
+
+    parser = build_parser()
+    commands = dict(_commands(parser))
+    assert {" ".join(p) for p in commands} == set(EXAMPLES)
+    for path, child in commands.items():
+        text = child.format_help()
+        assert child.description, path
+        assert "\nExamples:\n  gen-align " in text, path
+        for example in EXAMPLES[" ".join(path)]:
+            argv = shlex.split(example)
+            assert argv[0] == "gen-align" and argv[1 : 1 + len(path)] == list(path), example
+            try:
+                parser.parse_args(argv[1:])
+            except SystemExit:
+                pytest.fail(f"the example {example!r} does not parse: {capsys.readouterr().err}")

@@ -9,7 +9,12 @@ from typing import Any
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Which space/decoder, where their weights are, where they run."""
     g = p.add_argument_group("models")
-    g.add_argument("--preset", help="preset name (default: the smallest preset whose weights are present)")
+    from gen_align.presets import list_presets
+
+    g.add_argument(
+        "--preset",
+        help=f"preset name: {', '.join(list_presets())} (default: the smallest preset whose weights are present)",
+    )
     g.add_argument("--space", help="a trained space checkpoint directory instead of a preset")
     g.add_argument("--decoder", help="decoder folder or hub id (default: the preset's decoder)")
     g.add_argument("--weights-dir", help="local weights directory (default: $GEN_ALIGN_HOME or ~/.cache/gen-align)")

@@ -123,7 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = actions.add_parser("train", help="rebuild every mini model from scratch (resumable stages)")
     t.add_argument("--work", default=DEFAULT_WORK, help=f"work folder (default {DEFAULT_WORK})")
     t.add_argument(
-        "--stages", help="comma-separated subset of world,towers,features,heads,ablations,decoder,classifier"
+        "--stages",
+        help="comma-separated subset of world,towers,features,heads,ablations,autoencoder,decoder,classifier "
+        "(default: all)",
     )
     t.add_argument("--smoke", action="store_true", help="a seconds-long miniature of every stage (for CI)")
     t.add_argument("--seed", type=int, default=0, help="world and model seed (default 0)")
