@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from gen_align.checks import integer
-from gen_align.encoders.audio_io import load_audio
 from gen_align.errors import ConfigError
 from gen_align.pipelines.decoders import DiffusersDecoder, EmbeddingStats
 from gen_align.pipelines.generate import DecodeOptions
@@ -65,10 +64,7 @@ class Models:
             return None
         if kind not in self.kinds:
             raise ConfigError(f"this space cannot encode {kind} (it takes {', '.join(self.kinds)}); leave it empty.")
-        condition = check_condition(kind, str(value))
-        if kind == "audio":
-            load_audio(condition.value, max_seconds=self.max_audio_seconds)  # too long or unreadable: a clear error
-        return condition
+        return check_condition(kind, str(value), max_audio_seconds=self.max_audio_seconds)  # too long: a clear error
 
     def conditions(self, text: str | None, audio: str | None, image: str | None) -> list[Condition]:
         """The non-empty inputs of the page as conditions, in the order text, audio, image."""

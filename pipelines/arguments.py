@@ -12,7 +12,7 @@ from collections.abc import Mapping
 ARGUMENT_NAMES: dict[str, str] = {
     name: name
     for name in (
-        *("text", "audio", "image", "weights", "mode", "num_images", "frames"),
+        *("text", "audio", "image", "weights", "mode", "num_images", "frames", "max_audio_seconds"),
         *("preset", "space", "decoder", "device", "dtype", "offload", "attention_slicing"),
         *("seed", "steps", "guidance", "noise_level", "batch_size", "height", "width"),
     )

@@ -70,9 +70,12 @@ class Condition:
         return self.value if self.kind == "text" else str(Path(self.value).resolve())
 
 
-def check_condition(kind: str, value: str, names: Mapping[str, str] = ARGUMENT_NAMES) -> Condition:
+def check_condition(
+    kind: str, value: str, names: Mapping[str, str] = ARGUMENT_NAMES, *, max_audio_seconds: float | None = None
+) -> Condition:
     """A validated condition: non-empty text, or an existing audio/image file (``names``: as
-    :data:`ARGUMENT_NAMES`)."""
+    :data:`ARGUMENT_NAMES`); an audio file longer than ``max_audio_seconds`` is refused before it is decoded
+    (from its header where it declares its length), so a 3-hour file costs no memory."""
     if kind not in CONDITION_KINDS:
         raise ConfigError(f"unknown input kind {kind!r}; use one of {CONDITION_KINDS}.")
     if kind == "text":
@@ -84,15 +87,26 @@ def check_condition(kind: str, value: str, names: Mapping[str, str] = ARGUMENT_N
         raise InputFileError(f"{kind} file {path} does not exist; check the path (relative to {os.getcwd()}).")
     if not path.is_file():
         raise InputFileError(f"{kind} path {path} is not a file; pass the path of one {kind} file.")
+    if kind == "audio" and max_audio_seconds is not None:
+        from gen_align.encoders.audio_io import load_audio
+
+        try:
+            load_audio(path, max_seconds=max_audio_seconds)
+        except InputFileError as err:
+            if "over the limit" not in str(err):
+                raise
+            raise InputFileError(f"{err} ({names['max_audio_seconds']} sets the limit.)") from err
     return Condition(kind, value)
 
 
-def parse_condition(spec: str) -> Condition:
+def parse_condition(
+    spec: str, names: Mapping[str, str] = ARGUMENT_NAMES, *, max_audio_seconds: float | None = None
+) -> Condition:
     """``KIND=VALUE`` (``text=a dog``, ``audio=bark.wav``, ``image=dog.png``) → a checked Condition."""
     kind, sep, value = spec.partition("=")
     if not sep or kind.strip() not in CONDITION_KINDS:
         raise ConfigError(f"cannot parse {spec!r}; write KIND=VALUE with KIND in {CONDITION_KINDS}, e.g. text='a dog'.")
-    return check_condition(kind.strip(), value)
+    return check_condition(kind.strip(), value, names, max_audio_seconds=max_audio_seconds)
 
 
 def parse_weights(

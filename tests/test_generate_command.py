@@ -281,3 +281,17 @@ def test_calibrate_space_updates_its_config(world, tmp_path):
     reference = AlignedSpace.from_pretrained(world["sd"], modalities=["image"])
     files = sorted((world["root"] / "pictures").glob("*.png"))
     assert config["output_norm"] == pytest.approx(float(reference.encode_image(files).norm(dim=-1).mean()), rel=1e-6)
+
+
+def test_audio_over_the_length_limit_is_refused_before_decoding(world, tmp_path, capsys):
+    """`--max-audio-seconds` (default 600) bounds what generate and interpolate decode: a longer clip is refused
+    from its header with its length, the limit and the flag, before any model loads (exit 2, nothing written)."""
+    out = tmp_path / "o"
+    args = ["--space", world["sd"], "--weights-dir", str(world["home"]), *SMALL, "--out", str(out)]
+    seconds = sf.info(world["audio"]).duration
+    fails(["generate", "--audio", world["audio"], "--max-audio-seconds", "0.5", *args], capsys,
+          f"is {seconds:.2f} s long, over the limit max_seconds=0.5", "--max-audio-seconds sets the limit")  # fmt: skip
+    fails(["interpolate", "--start", "text=a dog", "--end", f"audio={world['audio']}", "--max-audio-seconds", "0.5",
+           *args], capsys, "over the limit")  # fmt: skip
+    fails(["generate", "--audio", world["audio"], "--max-audio-seconds", "0", *args], capsys, "--max-audio-seconds")
+    assert not out.exists()

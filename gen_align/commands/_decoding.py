@@ -24,6 +24,20 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attention-slicing", action="store_true", help="sliced attention (less GPU memory)")
 
 
+MAX_AUDIO_SECONDS = 600.0
+"""The longest audio input ``generate`` and ``interpolate`` decode by default (10 min; the app's is 30 s)."""
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    """Bounds on the inputs."""
+    p.add_argument(
+        "--max-audio-seconds",
+        type=float,
+        default=MAX_AUDIO_SECONDS,
+        help=f"longest audio input accepted, checked before decoding (default {MAX_AUDIO_SECONDS:g})",
+    )
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """Seed, steps, guidance, noise level, batch and size."""
     g = p.add_argument_group("sampling")

@@ -5,15 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gen_align.commands._decoding import add_model_arguments, add_sampling_arguments, model_options, sampling_options
+from gen_align.commands._decoding import (
+    add_input_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    model_options,
+    sampling_options,
+)
 
 
 def run(args: argparse.Namespace) -> int:
+    from gen_align.checks import positive
     from gen_align.pipelines.generate import CLI_FLAGS, generate
     from gen_align.pipelines.session import check_condition, parse_weights
 
+    limit = positive(args.max_audio_seconds, CLI_FLAGS["max_audio_seconds"])
     conditions = [
-        check_condition(k, getattr(args, k), CLI_FLAGS) for k in ("text", "audio", "image") if getattr(args, k)
+        check_condition(k, getattr(args, k), CLI_FLAGS, max_audio_seconds=limit)
+        for k in ("text", "audio", "image")
+        if getattr(args, k)
     ]
     result = generate(
         model_options(args),
@@ -50,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--weights", help="blend weights, e.g. text=0.5,audio=0.5 (default: equal)")
     b.add_argument("--mode", choices=("slerp", "lerp"), default="slerp", help="blend mode (default slerp)")
     b.add_argument("--n", type=int, default=4, help="number of images (seeds seed..seed+n-1; default 4)")
+    add_input_arguments(p)
     add_sampling_arguments(p)
     add_model_arguments(p)
     p.add_argument("--out", default="results/generate", help="output directory (default: results/generate)")
