@@ -146,3 +146,25 @@ def test_a_prompt_outside_the_worlds_words_is_warned_about(tmp_path, capsys, mon
     assert "shape: circle, square, triangle, star, cross" in err
     sidecar = json.loads((tmp_path / "o" / "image_000.json").read_text())
     assert sidecar["warnings"] == [err.split("warning: ", 1)[1].strip()]
+
+
+def test_calibrating_a_preset_with_its_own_norm_says_which_norm_generate_uses(tmp_path, capsys):
+    """`gen-align calibrate --preset mini` writes calibration/mini.json, but the mini space carries its own
+    output_norm, which generate keeps using: the command says so and how to rescale instead, and the sidecar names
+    the norm used."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        make_item(UNSEEN_SEED, "test", 100 + i)["image"].save(images / f"{i}.png")
+    home = tmp_path / "home"
+    assert main(["calibrate", "--preset", "mini", "--images", str(images), "--weights-dir", str(home)]) == 0
+    said = capsys.readouterr().out
+    assert (home / "calibration" / "mini.json").is_file()
+    assert "note: the mini space has its own output_norm" in said and "calibrate --space COPY" in said
+    out = tmp_path / "out"
+    args = ["generate", "--text", "a large blue circle", "--weights-dir", str(home), "--n", "1", "--steps", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    embedding = json.loads((out / "image_000.json").read_text())["embedding"]
+    own = json.loads((MINI_SPACE / "config.json").read_text())["output_norm"]
+    assert embedding["norm_after"] == pytest.approx(own, rel=1e-4)
+    assert embedding["calibration"]["source"] == "space config output_norm"

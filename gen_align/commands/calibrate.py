@@ -23,6 +23,15 @@ def run(args: argparse.Namespace) -> int:
         f"mean embedding norm {record['mean_norm']:.4f} (std {record['std_norm']:.4f}) over {record['count']} "
         f"images, {record['embedding_dim']}-d; wrote {path}"
     )
+    own = space.config.get("output_norm")
+    if not args.space and own is not None:
+        print(
+            f"note: the {args.preset} space has its own output_norm ({own:.4f}), which generate, interpolate, fid and "
+            f"app use for it; this file serves spaces of preset {args.preset} without one. To rescale this space to "
+            "the new norm, calibrate a copy of it: `gen-align calibrate --space COPY --images DIR`."
+        )
+    elif not args.space:
+        print(f"generate, interpolate, fid and app with --preset {args.preset} now rescale to this norm")
     return 0
 
 
