@@ -71,8 +71,11 @@ def test_missing_beats_checkpoint_says_how_to_get_it(tmp_path):
 
 
 def test_silent_and_corrupt_audio_are_refused(audio_space, tmp_path):
-    with pytest.raises(GenAlignError, match="silent"):
+    with pytest.raises(GenAlignError, match="silent") as caught:
         audio_space.encode_audio([(np.zeros(16000, dtype=np.float32), 16000)])
+    # the way out a command-line user can take: the tower's setting in the space config, not a Python keyword
+    assert 'set "silence": "warn" (or "ignore") under towers.audio' in str(caught.value)
+    assert "silence='warn'" not in str(caught.value)
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF....not audio")
     with pytest.raises(GenAlignError, match="bad.wav"):
