@@ -88,14 +88,9 @@ def check_condition(
     if not path.is_file():
         raise InputFileError(f"{kind} path {path} is not a file; pass the path of one {kind} file.")
     if kind == "audio" and max_audio_seconds is not None:
-        from gen_align.encoders.audio_io import load_audio
+        from gen_align.encoders.audio_io import check_duration
 
-        try:
-            load_audio(path, max_seconds=max_audio_seconds)
-        except InputFileError as err:
-            if "over the limit" not in str(err):
-                raise
-            raise InputFileError(f"{err} ({names['max_audio_seconds']} sets the limit.)") from err
+        check_duration(path, max_audio_seconds, hint=f"{names['max_audio_seconds']} sets the limit.")
     return Condition(kind, value)
 
 

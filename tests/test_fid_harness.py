@@ -219,3 +219,16 @@ def test_helpers():
         "extractor": {"extractor": {"name": "x"}},
     }
     assert "| ? | ? | — | — | — | — | 1.00 |" in fid_table(record)
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(world, tmp_path, capsys):
+    """While another run holds the FID folder (its lock, as a running `gen-align fid` holds it), a second one is
+    refused with the holder's pid, exit 2, and writes nothing there."""
+    import os
+
+    from gen_align.io import FolderLock
+
+    out = tmp_path / "busy"
+    with FolderLock(out, "rank0"):
+        fails([*world["base"], "--out", str(out)], capsys, f"being written by pid {os.getpid()} ")
+    assert sorted(p.name for p in out.iterdir()) == [".lock-rank0"]

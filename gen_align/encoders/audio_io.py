@@ -95,6 +95,39 @@ def load_audios(
     return out
 
 
+def check_duration(path: str | os.PathLike, max_seconds: float, *, hint: str = "") -> None:
+    """Refuse an audio file longer than ``max_seconds`` without decoding it when its header declares its length
+    (``hint``, e.g. the flag that sets the limit, is appended to the message); a file that declares none is decoded
+    with the limit enforced as it goes."""
+    path = Path(path)
+    seconds = _declared_file_seconds(path)
+    if seconds is None:
+        load_audio(path, max_seconds=max_seconds)
+    elif seconds > max_seconds:
+        raise InputFileError(
+            f"{_too_long(str(path), seconds, max_seconds)} ({hint})"
+            if hint
+            else _too_long(str(path), seconds, max_seconds)
+        )
+
+
+def _declared_file_seconds(path: Path) -> float | None:
+    """The length a file's header declares (libsndfile, else FFmpeg's container), None when unknown or unreadable."""
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(path)).duration)
+    except (RuntimeError, TypeError, ValueError, OSError):
+        pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return _declared_seconds(container, container.streams.audio[0]) if container.streams.audio else None
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+
+
 def _options(target_rate: object, silence: object, max_seconds: object) -> dict:
     return {
         "target_rate": _rate(target_rate, "target_rate"),
