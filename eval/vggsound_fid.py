@@ -4,7 +4,9 @@ For every manifest item (the test clips) and every condition — ``text`` (T2I),
 (a blend, (T+A)→I) and ``image`` (the decoder's self-reconstruction, the upper bound) — one image is generated
 with seed ``seed + item index`` and written atomically as ``OUT/<condition>/<id>.png``. A rerun reuses the valid
 PNGs already there and generates only the missing ones (``OUT/generation.json`` records the settings; other
-settings are refused). Items lacking a condition's inputs are skipped for it and reported.
+settings are refused). Items lacking a condition's inputs are skipped for it and reported. A bad item (a corrupt or
+silent input file, an empty caption, an unreadable reference frame) is left out, listed with its reason under
+``failed`` in ``fid.json`` and tried again by a rerun; ``strict`` stops at the first one instead.
 
 FID (and optionally KID) per condition is computed against the statistics of the items' ``image`` files, taken
 from the reference-statistics cache (keyed by the manifest hash, the extractor and the resize mode) when present.
@@ -36,7 +38,7 @@ from torch import nn
 from gen_align import __version__
 from gen_align.checks import choice, integer
 from gen_align.data.manifest import Manifest, ManifestItem, manifest_hash, read_manifest
-from gen_align.errors import ConfigError, GenAlignError, InputFileError
+from gen_align.errors import BAD_INPUT_ERRORS, ConfigError, GenAlignError, InputFileError
 from gen_align.io import FolderLock, write_json_atomic, write_text_atomic
 
 from .features import INCEPTION, RESIZE_FILTERS, FeatureStatistics
@@ -68,6 +70,8 @@ class FIDOptions:
     cache_dir: str | None = None
     refresh_reference: bool = False
     out: str = "results/fid"
+    strict: bool = False
+    max_audio_seconds: float | None = None
 
 
 @dataclass
@@ -246,6 +250,9 @@ def run_fid(options: Any, fid: FIDOptions, decode: Any = None, *, names: Mapping
             f"{len(lacking)} of {len(subset)} items in {manifest.path} have no reference image file (e.g. {shown}); "
             "FID needs every item's frame: add the images or remove those items."
         )
+    bad_frames: list[dict[str, str]] = []
+    if not fid.strict:
+        subset, bad_frames = _without_bad_frames(subset)
     if len(subset) < 2:
         raise InputFileError(f"{manifest.path} has {len(subset)} item(s) in use; FID needs at least 2.")
     statistics = load_extractor(fid.extractor, antialias=fid.antialias, resize=fid.resize, names=names).to(device)
@@ -268,23 +275,32 @@ def run_fid(options: Any, fid: FIDOptions, decode: Any = None, *, names: Mapping
             )
         mine = missing[rank::world]
         models = saved.get("models") if saved is not None else None
+        failures: list[dict[str, str]] = []
         if mine or (rank == 0 and models is None):
-            models = _generate(options, decode, weights, fid.mode, mine, out, settings, names, write_settings=rank == 0)
+            models = _generate(
+                options, decode, weights, fid.mode, mine, out, settings, names,
+                write_settings=rank == 0, failures=None if fid.strict else failures,
+                max_audio_seconds=fid.max_audio_seconds,
+            )  # fmt: skip
+        write_json_atomic(out / f"failed-rank{rank}.json", failures)
         if state is not None:
             state.wait_for_everyone()
             if rank != 0:
                 return FIDResult(generated=len(mine))
             models = (_read_settings(out / SETTINGS_FILE) or {}).get("models", models)
 
-        result = FIDResult(generated=len(missing))
+        failed = _read_failures(out, world)
+        result = FIDResult(generated=len(missing) - len(failed))
         reference_features = statistics.extract([item.image for item in subset.items]) if fid.kid else None
         scores: dict[str, Any] = {}
         for condition in conditions:
-            paths = [path for _, _, path in plan[condition]["todo"]]
+            lost = {f["id"]: f["error"] for f in failed if f["condition"] == condition}
+            paths = [path for _, item, path in plan[condition]["todo"] if item.id not in lost]
             entry: dict[str, Any] = {
                 "column": COLUMNS[condition],
                 "images": len(paths),
                 "skipped": plan[condition]["skipped"],
+                "failed": [{"id": i, "error": e} for i, e in lost.items()],
                 "folder": condition,
             }
             if len(paths) < 2:
@@ -316,7 +332,8 @@ def run_fid(options: Any, fid: FIDOptions, decode: Any = None, *, names: Mapping
             "seeds": {"base": decode.seed, "rule": "seed + item index (manifest order)"},
             "extractor": {**statistics.fingerprint(), "spec": fid.extractor},
             "reference": {"n": reference.n, "cached": reference_cached, "cache_dir": fid.cache_dir},
-            "generated_this_run": len(missing),
+            "generated_this_run": len(missing) - len(failed),
+            "bad_reference_frames": bad_frames,
             "conditions": scores,
             "average": _average(scores),
         }
@@ -368,6 +385,13 @@ def fid_table(record: dict[str, Any]) -> str:
             if "kid" in s
         ]
     notes = [f"{COLUMNS[c]}: {len(s['skipped'])} item(s) skipped (no input)" for c, s in scores.items() if s["skipped"]]
+    notes += [
+        f"{COLUMNS[c]}: {len(s['failed'])} item(s) left out (bad input, listed in fid.json)"
+        for c, s in scores.items()
+        if s.get("failed")
+    ]
+    if record.get("bad_reference_frames"):
+        notes.append(f"{len(record['bad_reference_frames'])} item(s) left out: unreadable reference frame")
     notes += fid_warnings(record)
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
@@ -442,8 +466,15 @@ def _generate(
     names: Mapping[str, str],
     *,
     write_settings: bool,
+    failures: list[dict[str, str]] | None = None,
+    max_audio_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Encode the inputs of ``missing``, decode them in chunks and save each PNG; returns the models record."""
+    """Encode the inputs of ``missing``, decode them in chunks and save each PNG; returns the models record.
+
+    With a ``failures`` list, an item whose input the encoder refuses is appended to it (``{"condition", "id",
+    "error"}``) and not generated; without one, the error is raised. Audio files longer than ``max_audio_seconds``
+    (from their header) are such inputs."""
+    from gen_align.encoders.audio_io import check_duration
     from gen_align.pipelines.blend import blend
     from gen_align.pipelines.pipeline import GenAlignPipeline
     from gen_align.pipelines.render import save_png
@@ -459,15 +490,29 @@ def _generate(
     objective = objective.get("name") if isinstance(objective, dict) else objective  # the trainer records a dict
     method = objective or config.get("preset") or Path(session.source).name
     models = {**session.describe(), "method": method}
-    embeds: dict[tuple[str, str], torch.Tensor] = {}
-    directions = []
-    for condition, _, item in missing:
+    embeds: dict[tuple[str, str], torch.Tensor | GenAlignError] = {}
+    directions, kept = [], []
+    for entry in missing:
+        condition, _, item = entry
         raw = {}
         for kind in INPUTS[condition]:
             if (item.id, kind) not in embeds:
-                embeds[(item.id, kind)] = pipe.embed(**{kind: str(item.get(kind))})[kind]
+                try:
+                    if kind == "audio" and max_audio_seconds is not None:
+                        check_duration(item.get(kind), max_audio_seconds, hint=f"{names['max_audio_seconds']} sets it")
+                    embeds[(item.id, kind)] = pipe.embed(**{kind: str(item.get(kind))})[kind]
+                except BAD_INPUT_ERRORS as err:
+                    if failures is None:
+                        raise
+                    embeds[(item.id, kind)] = err
             raw[kind] = embeds[(item.id, kind)]
+        errors = [f"{kind}: {value}" for kind, value in raw.items() if isinstance(value, GenAlignError)]
+        if errors:
+            failures.append({"condition": condition, "id": item.id, "error": "; ".join(errors)})  # type: ignore[union-attr]
+            continue
         directions.append(blend(raw, weights if condition == "text+audio" else None, mode))
+        kept.append(entry)
+    missing = kept
     models["sampling"] = pipe.sampling_record(**sampling)
     if write_settings:
         write_json_atomic(out / SETTINGS_FILE, {"settings": settings, "models": models})
@@ -479,6 +524,37 @@ def _generate(
         for (condition, _, item), image in zip(part, images, strict=True):
             save_png(image, out / condition / image_name(item.id))
     return models
+
+
+def _without_bad_frames(manifest: Manifest) -> tuple[Manifest, list[dict[str, str]]]:
+    """``manifest`` without the items whose reference frame does not load as an image, and those items' reasons."""
+    from gen_align.encoders.image_io import load_image
+
+    bad = []
+    for item in manifest.items:
+        try:
+            load_image(item.image)
+        except BAD_INPUT_ERRORS as err:
+            bad.append({"id": item.id, "error": str(err)})
+    if not bad:
+        return manifest, []
+    ids = {b["id"] for b in bad}
+    items = [item for item in manifest.items if item.id not in ids]
+    missing = [m for m in manifest.missing if m[0] not in ids]
+    return Manifest(manifest.path, manifest.root, items, missing, manifest.modalities), bad
+
+
+def _read_failures(out: Path, world: int) -> list[dict[str, str]]:
+    """The items each process could not generate in this run (``failed-rank{r}.json``)."""
+    import json
+
+    failed = []
+    for rank in range(world):
+        try:
+            failed += json.loads((out / f"failed-rank{rank}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return failed
 
 
 def _save_grid(paths: list[Path], path: Path) -> Path:

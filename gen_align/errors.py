@@ -37,3 +37,8 @@ class CheckpointError(GenAlignError, ValueError):
 
 class DecoderOutOfMemoryError(GenAlignError, MemoryError):
     """The GPU ran out of memory loading or running a decoder (try --offload or a smaller --n)."""
+
+
+BAD_INPUT_ERRORS = (InputFileError, InputDataError)
+"""What an encoder raises for one bad input (a missing, corrupt, silent or too long file, an empty text), as opposed
+to a broken encoder or configuration: the errors a batch job skips and reports unless told to be strict."""

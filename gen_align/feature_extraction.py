@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gen_align.checks import positive
 from gen_align.data.cache import FeatureCache, encode_to_cache
 from gen_align.data.manifest import read_manifest
+from gen_align.encoders.audio_io import check_duration
 from gen_align.errors import ConfigError
 from gen_align.io import write_json_atomic
 from gen_align.space import AlignedSpace
@@ -38,9 +40,19 @@ def encode_manifest(
     weights_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    strict: bool = False,
+    max_audio_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Encode every item of ``manifest`` that has the modality; returns (and writes) a summary."""
+    """Encode every item of ``manifest`` that has the modality; returns (and writes) a summary.
+
+    A bad item (a missing, corrupt, silent or too long file, an empty text, NaN features) is skipped and listed in
+    the summary's ``skipped`` (``{"id", "modality", "error"}``; it stays pending for a rerun), unless ``strict``,
+    which stops at the first one. ``max_audio_seconds`` refuses longer audio files from their header, before they
+    are decoded (None: no limit)."""
     from accelerate import PartialState
+
+    if max_audio_seconds is not None:
+        positive(max_audio_seconds, "max_audio_seconds", "Use None for no limit.")
 
     bad = sorted(set(modalities) - set(ENCODABLE))
     if bad or not modalities:
@@ -53,16 +65,32 @@ def encode_manifest(
         out_dir, identity, shard_size, rank=state.process_index, world_size=state.num_processes, overwrite=overwrite
     )
     encoded = {}
+    skipped: list[dict[str, str]] | None = None if strict else []
     with cache:
         for modality in modalities:
             items = data.items_with([modality])
 
             def encode_batch(batch: list, modality: str = modality) -> Any:
-                return model.encode_features(modality, [item.get(modality) for item in batch], batch_size=len(batch))
+                inputs = [item.get(modality) for item in batch]
+                if modality == "audio" and max_audio_seconds is not None:
+                    for path in inputs:
+                        check_duration(path, max_audio_seconds, hint="raise --max-audio-seconds to accept it")
+                return model.encode_features(modality, inputs, batch_size=len(batch))
 
-            encoded[modality] = encode_to_cache(items, modality, encode_batch, cache, batch_size, progress=progress)
+            encoded[modality] = encode_to_cache(
+                items, modality, encode_batch, cache, batch_size, progress=progress, skipped=skipped
+            )
     state.wait_for_everyone()
-    summary = {"manifest": data.summary(), "encoded_now": encoded, "lacking": data.lacking(modalities)}
+    if skipped is not None and state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        skipped = gather_object(skipped)
+    summary = {
+        "manifest": data.summary(),
+        "encoded_now": encoded,
+        "lacking": data.lacking(modalities),
+        "skipped": skipped or [],
+    }
     if state.is_main_process:
         if state.num_processes > 1:
             FeatureCache.merge_indexes(out_dir)

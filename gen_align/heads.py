@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from gen_align.checks import choice, integer, non_negative
+from gen_align.errors import ConfigError
 
 HEAD_KINDS = ("linear", "mlp")
 
@@ -16,7 +17,10 @@ HEAD_KINDS = ("linear", "mlp")
 @dataclass(frozen=True)
 class HeadConfig:
     """``linear``: one Linear. ``mlp``: LayerNorm → Linear(in, hidden) → GELU → Dropout → Linear(hidden, out).
-    ``spectral_norm`` constrains every Linear to spectral norm 1 (a Lipschitz head)."""
+    ``spectral_norm`` constrains every Linear to spectral norm 1 (a Lipschitz head). ``residual``: the head computes
+    x + net(x) with net's last Linear zero at initialisation, so it starts at the identity — for a tower already in
+    the anchor's space (CLIP's own text tower), whose alignment training then starts from, as the paper's
+    pretrained encoders do; it needs in_dim == out_dim."""
 
     in_dim: int
     out_dim: int
@@ -25,6 +29,7 @@ class HeadConfig:
     layer_norm: bool = True
     spectral_norm: bool = False
     dropout: float = 0.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         integer(self.in_dim, "head in_dim")
@@ -33,6 +38,15 @@ class HeadConfig:
         if self.hidden_dim is not None:
             integer(self.hidden_dim, "head hidden_dim")
         non_negative(self.dropout, "head dropout")
+        if not isinstance(self.residual, bool):
+            raise ConfigError(f"head residual must be true or false, got {self.residual!r}.")
+        if self.residual and self.in_dim != self.out_dim:
+            raise ConfigError(
+                f"a residual head starts at the identity, so it needs in_dim == out_dim; got {self.in_dim} → "
+                f"{self.out_dim}. Leave residual off for this modality."
+            )
+        if self.residual and self.spectral_norm:
+            raise ConfigError("a residual head starts with a zero last layer, which spectral_norm cannot normalise.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,9 +76,13 @@ class ProjectionHead(nn.Module):
                 linear(hidden, config.out_dim),
             ]
         self.net = nn.Sequential(*layers)
+        if config.residual:
+            nn.init.zeros_(layers[-1].weight)
+            nn.init.zeros_(layers[-1].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        out = self.net(features)
+        return features + out if self.config.residual else out
 
 
 class HeadSet(nn.Module):

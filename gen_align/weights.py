@@ -22,7 +22,8 @@ from gen_align.errors import WeightsNotFoundError
 BEATS_AS2M = "beats/BEATs_iter3_plus_AS2M.pt"
 """Where the released BEATs iter3+ AS2M checkpoint lives under ``$GEN_ALIGN_HOME`` (it is not on the hub)."""
 BEATS_HINT = (
-    f"download BEATs_iter3+ (AS2M) from the microsoft/unilm `beats/` README and save it as $GEN_ALIGN_HOME/{BEATS_AS2M}"
+    "run `gen-align download stable-unclip-h --modalities audio` (it fetches the official file), or download "
+    f"BEATs_iter3+ (AS2M) from the microsoft/unilm `beats/` README and save it as $GEN_ALIGN_HOME/{BEATS_AS2M}"
 )
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gen_align.errors import WeightsNotFoundError
-from gen_align.presets import BEATS_HINT, PRESETS, Preset
+from gen_align.presets import PRESETS, Preset
 from gen_align.weights import local_candidates, looks_like_hub_id, weights_home
 
 
@@ -88,13 +88,16 @@ def download_instructions(modalities: Iterable[str], weights_dir: str | os.PathL
         lines.append(f"The shipped preset(s) {shipped} are missing from this installation: reinstall gen-align.")
     hub_presets = [p for p in PRESETS.values() if not p.checkpoint]
     for rank, preset in enumerate(sorted(hub_presets, key=lambda p: p.embedding_dim)):
-        lines.append(f"{'Smallest' if rank == 0 else 'Or'}: --preset {preset.name} ({preset.description}), get:")
-        hub = {r.source for r in requirements(preset, modalities) if looks_like_hub_id(r.source)}
-        lines += [f"  hf download {s} --local-dir {home / s}" for s in sorted(hub)]
+        hub = sorted({r.source for r in requirements(preset, modalities) if looks_like_hub_id(r.source)})
+        lines.append(
+            f"{'Smallest' if rank == 0 else 'Or'}: --preset {preset.name} ({preset.description}; from {', '.join(hub)}"
+            f"{' and the official BEATs file' if 'audio' in modalities else ''}), get all of it with:"
+        )
+        lines.append(f"  gen-align download {preset.name} --weights-dir {home}")
     if "audio" in modalities:
-        lines.append(f"Audio: {BEATS_HINT} (and a trained space with an audio head: --space CKPT).")
+        lines.append("Audio also needs a trained space with an audio head: --space CKPT.")
     lines.append(
-        "Run the downloads on a machine with network, then run again here; if you saved them elsewhere, set "
+        "Run the download on a machine with network, then run again here; if you saved it elsewhere, set "
         "GEN_ALIGN_HOME=DIR or pass --weights-dir DIR. To pick a preset or a trained space, pass --preset/--space."
     )
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from gen_align.errors import ConfigError, EmbeddingError, InputFileError
-from gen_align.presets import PRESETS
+from gen_align.presets import PRESETS, get_preset
 from gen_align.space import AlignedSpace
 
 from .arguments import ARGUMENT_NAMES
@@ -37,6 +37,7 @@ from .decoders import (
     resolve_device,
     resolve_dtype,
 )
+from .download import check_preset
 from .presence import default_preset
 
 CONDITION_KINDS = ("text", "audio", "image")
@@ -148,6 +149,10 @@ class Session:
             raise ConfigError(f"pass either {names['preset']} or {names['space']}, not both.")
         kinds = sorted(set(kinds))
         self.source = options.space or options.preset or default_preset(kinds, options.weights_dir)
+        if options.space is None and not get_preset(self.source).checkpoint:  # all that is missing, before any load
+            check_preset(
+                self.source, kinds, options.weights_dir, calibration=options.stats is None, decoder=not options.decoder
+            )
         config = AlignedSpace.from_pretrained(self.source, modalities=[]).config
         self.preset = config.get("preset")
         decoder = options.decoder or config.get("decoder") or getattr(PRESETS.get(self.preset), "decoder", None)

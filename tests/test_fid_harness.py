@@ -4,6 +4,7 @@ table, the cached reference statistics, resuming, and exit 2 with a message on b
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -232,3 +233,43 @@ def test_a_second_run_into_a_busy_folder_is_refused(world, tmp_path, capsys):
     with FolderLock(out, "rank0"):
         fails([*world["base"], "--out", str(out)], capsys, f"being written by pid {os.getpid()} ")
     assert sorted(p.name for p in out.iterdir()) == [".lock-rank0"]
+
+
+def test_bad_items_are_left_out_listed_and_retried(world, tmp_path, capsys):
+    """A silent clip, a clip over --max-audio-seconds and an unreadable reference frame: the run finishes (exit 0),
+    scores the rest, lists each bad item with its reason (console, fid.json, fid.md); --strict stops at the first
+    (exit 2) before writing anything."""
+    root = world["root"]
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in "abcde":
+        shutil.copy(root / f"{name}.png", data / f"{name}.png")
+    for name in "ad":
+        shutil.copy(root / f"{name}.wav", data / f"{name}.wav")
+    sf.write(data / "b.wav", np.zeros(8000), 16000)  # silent
+    sf.write(data / "c.wav", 0.3 * np.sin(np.arange(24000) / 5.0), 16000)  # 1.5 s, over the 1 s limit below
+    (data / "d.png").write_bytes((root / "d.png").read_bytes()[:40])  # truncated reference frame
+    shutil.copy(root / "test.jsonl", data / "test.jsonl")
+    argv = [*world["base"], "--manifest", str(data / "test.jsonl"), "--conditions", "text,audio"]
+    argv += ["--max-audio-seconds", "1", "--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "out"
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 3 bad item(s)" in err and "b (audio)" in err and "c (audio)" in err
+    assert "d (reference frame)" in err and "--strict" in err
+    record = json.loads((out / "fid.json").read_text())
+    failed = {f["id"]: f["error"] for f in record["conditions"]["audio"]["failed"]}
+    assert sorted(failed) == ["b", "c"] and "silent" in failed["b"] and "--max-audio-seconds" in failed["c"]
+    assert [f["id"] for f in record["bad_reference_frames"]] == ["d"]
+    assert record["reference"]["n"] == 4 and record["conditions"]["text"]["images"] == 4
+    assert sorted(p.name for p in (out / "audio").iterdir()) == ["a.png"]
+    assert "2 item(s) left out (bad input" in (out / "fid.md").read_text()
+
+    shutil.copy(root / "b.wav", data / "b.wav")  # fixed: a rerun generates it and leaves the rest alone
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    record = json.loads((out / "fid.json").read_text())
+    assert record["generated_this_run"] == 1 and [f["id"] for f in record["conditions"]["audio"]["failed"]] == ["c"]
+
+    strict = tmp_path / "strict"
+    fails([*argv, "--strict", "--out", str(strict)], capsys, "d.png")
+    assert not strict.exists()

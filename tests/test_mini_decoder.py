@@ -311,3 +311,30 @@ def test_image_tokens_condition_the_unet_as_kandinsky_2_2(tmp_path):
     assert reloaded.unet.config.encoder_hid_dim_type == "image_proj"
     out = reloaded(codes_z[:2], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt")
     assert out.images.shape == (2, 3, 16, 16) and torch.isfinite(out.images).all()
+
+
+def test_a_failing_compiler_falls_back_to_eager_training_with_a_warning(tmp_path, monkeypatch):
+    """train_decoder(compile=True) where torch.compile's first call fails (no C++ compiler): a RuntimeWarning says so
+    and the run trains eagerly to the weights of compile=False (up to float-level gradient differences of the
+    channels-last convolutions, which Adam's normalised step can turn into at most ~lr per step); the saved decoder
+    loads."""
+    images, z, _ = colour_set(n=8)
+    settings = FitSettings(steps=3, batch_size=4, lr=1e-3, ema_decay=0.9, seed=1)
+    kwargs = {"settings": settings, "unet_overrides": {"block_out_channels": (8, 16)}, "progress": False}
+    eager = train_decoder(images, z, out_dir=tmp_path / "eager", **kwargs)
+
+    def broken_compile(module):
+        def run(*args, **kw):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(decoder_train.torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*C\\+\\+ compiler"):
+        fallback = train_decoder(images, z, out_dir=tmp_path / "fallback", compile=True, **kwargs)
+    reloaded = MiniUnCLIPPipeline.from_pretrained(tmp_path / "fallback")
+    for name, tensor in eager.unet.state_dict().items():
+        torch.testing.assert_close(
+            fallback.unet.state_dict()[name], tensor, rtol=0, atol=2 * settings.lr * settings.steps
+        )
+        assert torch.equal(reloaded.unet.state_dict()[name], fallback.unet.state_dict()[name])

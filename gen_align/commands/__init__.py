@@ -9,6 +9,7 @@ COMMANDS = (
     "data",
     "generate",
     "calibrate",
+    "download",
     "interpolate",
     "retrieve",
     "fid",

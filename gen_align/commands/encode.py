@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from gen_align.checks import positive
+from gen_align.commands._decoding import add_input_arguments
+from gen_align.commands._reports import report_skipped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,9 +28,13 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         weights_dir=args.weights_dir,
         overwrite=args.overwrite,
+        strict=args.strict,
+        max_audio_seconds=positive(args.max_audio_seconds, "--max-audio-seconds"),
     )
-    lacking = summary["lacking"]
+    lacking, skipped = summary["lacking"], summary["skipped"]
     print(f"encoded {summary['encoded_now']} into {args.out}; {len(lacking)} items lack a requested modality")
+    if skipped:
+        print(report_skipped(skipped, f"{args.out}/encode_summary.json"), file=sys.stderr)
     return 0
 
 
@@ -47,4 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (default 1024)")
     p.add_argument("--weights-dir", help="local weights directory (default: $GEN_ALIGN_HOME or ~/.cache/gen-align)")
     p.add_argument("--overwrite", action="store_true", help="start over if DIR holds a cache of another space")
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first bad item instead of skipping and listing it"
+    )
+    add_input_arguments(p)
     p.set_defaults(func=run)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from gen_align.commands._decoding import add_model_arguments, add_sampling_arguments, model_options, sampling_options
+from gen_align.checks import positive
+from gen_align.commands._decoding import (
+    add_input_arguments,
+    add_model_arguments,
+    add_sampling_arguments,
+    model_options,
+    sampling_options,
+)
+from gen_align.commands._reports import report_skipped
 
 MINI_EXTRACTOR = "gen_align.mini.recipes.classifier:shipped_extractor"
 
@@ -32,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         refresh_reference=args.refresh_reference,
         out=args.out,
+        strict=args.strict,
+        max_audio_seconds=positive(args.max_audio_seconds, flags["max_audio_seconds"]),
     )
     result = run_fid(model_options(args), fid, sampling_options(args), names=flags)
     if not result.record:
@@ -50,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {entry['column']:<14} FID {score}{kid} ({entry['images']} images{skipped})")
     for note in fid_warnings(record):
         print(f"  warning: {note}")
+    bad = [{**f, "modality": c} for c, e in record["conditions"].items() for f in e["failed"]]
+    bad += [{**f, "modality": "reference frame"} for f in record["bad_reference_frames"]]
+    if bad:
+        print(report_skipped(bad, f"{args.out}/fid.json"), file=sys.stderr)
     print(f"wrote {args.out}/fid.json, fid.md and grids/")
     return 0
 
@@ -108,4 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sampling_arguments(p)
     add_model_arguments(p)
     p.add_argument("--out", default="results/fid", help="output directory (default: results/fid)")
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first bad item instead of skipping and listing it"
+    )
+    add_input_arguments(p)
     p.set_defaults(func=run)

@@ -21,9 +21,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "data vggsound": (
         "gen-align data vggsound --csv vggsound.csv --clips clips/ --out data/vggsound --label-captions",
     ),
+    "download": (
+        "gen-align download stable-unclip-h",
+        "gen-align download kandinsky-2.2 --modalities text --weights-dir /data/weights",
+        "gen-align download stable-unclip-h --check",
+    ),
     "encode": (
         "gen-align encode world/train/manifest.jsonl --out cache/train",
         "gen-align encode data/vggsound/train.jsonl --preset stable-unclip-h --modalities audio --out cache/vgg",
+        "gen-align encode data/clips.jsonl --modalities audio --max-audio-seconds 30 --strict --out cache/clips",
     ),
     "fid": (
         "gen-align fid --manifest world/test/manifest.jsonl --extractor "

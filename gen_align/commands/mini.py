@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
 
         seeded = seed_from_shipped(args.work, recipe)
         print(f"mini train: {', '.join(seeded) or 'no stage'} taken from the shipped preset")
-    build = MiniBuild(args.work, recipe, progress=not args.quiet)
+    build = MiniBuild(args.work, recipe, progress=not args.quiet, compile_decoder=not (args.smoke or args.no_compile))
     record = build.run(stages)
     print(f"mini train: {time.perf_counter() - started:.0f} s this run; stage seconds (when last run):")
     for stage in STAGES:
@@ -133,6 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--ship", action="store_true", help="copy the UniAlign space, decoder and classifier into the package"
     )
     t.add_argument("--ship-to", help="ship into this folder instead of the package (for checks)")
+    t.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="train the decoder eagerly instead of through torch.compile (which needs a C++ compiler; --smoke never "
+        "compiles)",
+    )
     t.add_argument(
         "--reuse-shipped",
         action="store_true",

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gen_align.data.manifest import MODALITIES, ManifestItem
-from gen_align.errors import ConfigError, EmbeddingError, GenAlignError, InputFileError, OutputError
+from gen_align.errors import BAD_INPUT_ERRORS, ConfigError, EmbeddingError, GenAlignError, InputFileError, OutputError
 from gen_align.io import FolderLock, write_bytes_atomic, write_text_atomic
 
 FORMAT = "gen-align-feature-cache"
@@ -487,6 +487,7 @@ def encode_to_cache(
     cache: FeatureCache,
     batch_size: int,
     progress: bool = True,
+    skipped: list[dict[str, str]] | None = None,
 ) -> int:
     """Encode this process's share ``items[rank::world_size]`` of the items not yet cached.
 
@@ -494,6 +495,12 @@ def encode_to_cache(
     dtype, finite values; errors name the ids) and written. The final partial shard is flushed.
     Items need an ``id`` attribute (e.g. :class:`~gen_align.data.manifest.ManifestItem`). Returns how
     many items were encoded.
+
+    ``skipped``: without it, the first bad item stops the run (its error is raised). With a list, a bad item —
+    an input the encoder refuses (:class:`InputFileError`, :class:`InputDataError`: a missing, corrupt, silent or
+    too long file, an empty text) or one whose features are NaN/inf — is left out and appended as ``{"id",
+    "modality", "error"}``; the rest of its batch is encoded one item at a time and written. A skipped item stays
+    pending, so a rerun tries it again. Errors of the encoder itself (wrong shape, dtype or dimension) still stop.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -511,20 +518,63 @@ def encode_to_cache(
     todo = cache.pending(by_id, modality)
     desc = f"{modality} features" + (f" [rank {cache.rank}/{cache.world_size}]" if cache.world_size > 1 else "")
     with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="item", disable=not progress) as bar:
+        encoded = 0
         for start in range(0, len(todo), batch_size):
             batch_ids = todo[start : start + batch_size]
-            output = encode_fn([by_id[i] for i in batch_ids])
-            checked = check_features(output, batch_ids, modality, cache.dims.get(modality), "encode_fn")
+            if skipped is None:
+                output = encode_fn([by_id[i] for i in batch_ids])
+                checked = check_features(output, batch_ids, modality, cache.dims.get(modality), "encode_fn")
+            else:
+                batch_ids, checked = _encode_skipping(encode_fn, by_id, batch_ids, modality, cache, skipped)
             cache._write_checked(modality, batch_ids, checked)
-            bar.update(len(batch_ids))
+            encoded += len(batch_ids)
+            bar.update(len(todo[start : start + batch_size]))
     cache.flush(modality)
-    return len(todo)
+    return encoded
+
+
+def _encode_skipping(
+    encode_fn: Callable[[list[Any]], torch.Tensor],
+    by_id: dict[str, Any],
+    batch_ids: list[str],
+    modality: str,
+    cache: FeatureCache,
+    skipped: list[dict[str, str]],
+) -> tuple[list[str], torch.Tensor]:
+    """One batch's (ids, features) without its bad items, which are appended to ``skipped``."""
+    try:
+        rows = [(batch_ids, encode_fn([by_id[i] for i in batch_ids]))]
+    except BAD_INPUT_ERRORS:  # find the culprits: one item at a time
+        rows = []
+        for i in batch_ids:
+            try:
+                rows.append(([i], encode_fn([by_id[i]])))
+            except BAD_INPUT_ERRORS as err:
+                skipped.append({"id": i, "modality": modality, "error": str(err)})
+    ids = [i for part, _ in rows for i in part]
+    dim = cache.dims.get(modality)
+    tensors = [check_features(out, part, modality, dim, "encode_fn", finite=False) for part, out in rows]
+    if not tensors:
+        return [], torch.empty(0, dim or 1)
+    features = torch.cat(tensors)
+    finite = torch.isfinite(features.detach()).all(dim=1)
+    for index in torch.nonzero(~finite).flatten().tolist():
+        skipped.append({"id": ids[index], "modality": modality, "error": "the encoder gave NaN/inf features"})
+    keep = finite.tolist()
+    return [i for i, ok in zip(ids, keep, strict=True) if ok], features[finite]
 
 
 def check_features(
-    tensor: object, ids: Sequence[str], modality: str, dim: int | None = None, source: str = "features"
+    tensor: object,
+    ids: Sequence[str],
+    modality: str,
+    dim: int | None = None,
+    source: str = "features",
+    *,
+    finite: bool = True,
 ) -> torch.Tensor:
-    """Return ``tensor`` if it is a finite ``(len(ids), dim)`` float tensor, else raise EmbeddingError."""
+    """Return ``tensor`` if it is a ``(len(ids), dim)`` float tensor (and finite unless ``finite`` is False), else
+    raise EmbeddingError."""
     n = len(ids)
     if not isinstance(tensor, torch.Tensor):
         raise EmbeddingError(
@@ -542,7 +592,7 @@ def check_features(
             "use the same encoder, or a new cache directory."
         )
     bad = ~torch.isfinite(tensor.detach()).all(dim=1)
-    if bool(bad.any()):
+    if finite and bool(bad.any()):
         bad_ids = [ids[i] for i in torch.nonzero(bad).flatten()[:5].tolist()]
         raise EmbeddingError(
             f"{source} gave NaN/inf {modality} features for {int(bad.sum())} item(s), e.g. {bad_ids}. Check those "

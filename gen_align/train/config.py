@@ -29,11 +29,15 @@ MODES = ("features", "end-to-end")
 
 @dataclass
 class HeadSettings:
+    """The heads' architecture (:class:`~gen_align.heads.HeadConfig`); ``residual`` names the modalities whose head
+    starts at the identity (towers already in the anchor's space, e.g. ``["text"]`` for CLIP's own text tower)."""
+
     kind: str = "mlp"
     hidden_dim: int | None = None
     layer_norm: bool = True
     spectral_norm: bool = False
     dropout: float = 0.0
+    residual: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,6 +110,15 @@ class TrainConfig:
             integer(self.max_steps, "max_steps")
         choice(self.head.kind, "head.kind", HEAD_KINDS)
         non_negative(self.head.dropout, "head.dropout")
+        residual = self.head.residual
+        if (
+            isinstance(residual, str)
+            or not isinstance(residual, (list, tuple))
+            or not all(isinstance(m, str) and m for m in residual)
+        ):
+            raise ConfigError(f'head.residual must be a list of modality names such as ["text"], got {residual!r}.')
+        if self.anchor in residual:
+            raise ConfigError(f"head.residual names the anchor {self.anchor!r}, which has no head; drop it.")
         if not 0 <= self.modality_dropout < 1:
             raise ConfigError(f"modality_dropout must be in [0, 1), got {self.modality_dropout!r}.")
         integer(self.val_size, "val_size", low=0)

@@ -39,7 +39,9 @@ def build_heads(config: TrainConfig, dims: dict[str, int], anchor: str) -> dict[
     """One head config per non-anchor modality, mapping its feature dimension to the anchor's."""
     h = config.head
     return {
-        m: HeadConfig(dims[m], dims[anchor], h.kind, h.hidden_dim, h.layer_norm, h.spectral_norm, h.dropout)
+        m: HeadConfig(
+            dims[m], dims[anchor], h.kind, h.hidden_dim, h.layer_norm, h.spectral_norm, h.dropout, m in h.residual
+        )
         for m in dims
         if m != anchor
     }

@@ -114,9 +114,13 @@ def anchor_features(paths: MiniPaths, split: str, ids: list[str]) -> torch.Tenso
 class MiniBuild:
     """Runs the stages of :mod:`gen_align.mini.recipes.build` for one ``recipe`` under ``work``."""
 
-    def __init__(self, work: str | Path, recipe: MiniRecipe, *, progress: bool = True) -> None:
+    def __init__(
+        self, work: str | Path, recipe: MiniRecipe, *, progress: bool = True, compile_decoder: bool = False
+    ) -> None:
+        """``compile_decoder``: train the decoder through ``torch.compile`` (:class:`~.decoder.CompiledForward`; an
+        execution choice like the thread count, so not part of the recipe's hashes)."""
         self.paths = MiniPaths(Path(work))
-        self.recipe, self.progress = recipe, progress
+        self.recipe, self.progress, self.compile_decoder = recipe, progress, compile_decoder
         self.record_path = self.paths.work / "stages.json"
         self.record: dict[str, Any] = self._read_record()
         self._keys: dict[str, str] = {}
@@ -161,7 +165,12 @@ class MiniBuild:
             # re-read first: stages may run in parallel processes (e.g. ``--stages decoder`` beside ``heads``)
             self.record = {
                 **self._read_record(),
-                stage: {"hash": key, "seconds": round(time.perf_counter() - started, 1)},
+                stage: {
+                    "hash": key,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "threads": torch.get_num_threads(),
+                    **({"compiled": self.compile_decoder} if stage == "decoder" else {}),
+                },
             }
             write_json_atomic(self.record_path, self.record)
         return self.record
@@ -276,7 +285,7 @@ class MiniBuild:
 
         A head folder is reused (or resumed) only when its ``recipe.json`` names this stage's hash: one left by
         another recipe (other epochs, lr, towers, ...) is removed and trained again."""
-        from gen_align.train.config import TrainConfig
+        from gen_align.train.config import HeadSettings, TrainConfig
         from gen_align.train.trainer import Trainer
 
         r = self.recipe
@@ -294,6 +303,7 @@ class MiniBuild:
                 out=str(out),
                 objective=objective,
                 objective_params=params,
+                head=HeadSettings(residual=list(r.head_residual)),
                 lr=r.head_lr,
                 batch_size=r.head_batch,
                 epochs=r.head_epochs,
@@ -349,6 +359,7 @@ class MiniBuild:
             snr_gamma=r.decoder_snr_gamma,
             unet_overrides=r.decoder_unet,
             vae=vae,
+            compile=self.compile_decoder,
             checkpoint_dir=self._checkpoints("decoder") / "unet",
             progress=self.progress,
         )
