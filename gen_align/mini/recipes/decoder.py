@@ -135,9 +135,10 @@ def min_snr_weights(noise_scheduler: DDPMScheduler, gamma: float | None) -> torc
 
 class CompiledForward:
     """``module``'s forward through ``torch.compile`` (inductor), channels-last: on a 2-core CPU the mini UNet's
-    training step takes 0.39 s instead of 0.65 s (benchmarks/decoder_training.py), after about two minutes of
-    compilation. When compilation fails on the first call (no C++ compiler, an unsupported backend), it warns
-    and runs ``module`` eagerly; later errors are raised as they are. Attributes (``config``) are the module's."""
+    training step took 0.39 s instead of 0.55-0.70 s in a quick 12-step measurement (benchmarks/decoder_training.py
+    times the two side by side), after about two and a half minutes of compilation. When compilation fails on the
+    first call (no C++ compiler, an unsupported backend), it warns and runs ``module`` eagerly; later errors are
+    raised as they are. Attributes (``config``) are the module's."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module.to(memory_format=torch.channels_last)
