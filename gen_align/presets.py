@@ -110,7 +110,8 @@ def _read_preset_file(path: Path) -> Preset:
 def _builtin_presets() -> dict[str, Preset]:
     found = sorted(
         (_read_preset_file(path) for path in PRESET_CONFIGS.glob("*.json")),
-        key=lambda p: (p.checkpoint is None, p.embedding_dim, p.name),  # the shipped presets first, then by size
+        # the shipped presets first, then by size; a baseline (a tower used untrained, "native") after its main preset
+        key=lambda p: (p.checkpoint is None, p.embedding_dim, any(t.get("native") for t in p.towers.values()), p.name),
     )
     return {p.name: p for p in found}
 

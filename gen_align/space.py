@@ -284,7 +284,15 @@ class AlignedSpace(nn.Module):
                 f"load it with AlignedSpace.from_pretrained(..., modalities=[..., {modality!r}])."
             )
         tower = self.towers[modality]
-        native = tower.kind == "clip-text" and tower.embedding_dim == self.embedding_dim  # CLIP's own joint space
+        declared = bool(self.config["towers"].get(modality, {}).get("native"))
+        if declared and modality not in self.heads and tower.embedding_dim != self.embedding_dim:
+            raise ConfigError(
+                f"towers.{modality} is marked native (in the anchor's space) but gives {tower.embedding_dim}-d "
+                f'embeddings in a {self.embedding_dim}-d space; remove "native" and train a head, or use the tower '
+                "of the space it was trained in."
+            )
+        clip_text = tower.kind == "clip-text" and tower.embedding_dim == self.embedding_dim  # CLIP's own joint space
+        native = declared or clip_text
         if need_head and modality != self.anchor and modality not in self.heads and not native:
             raise ConfigError(
                 f"this space has no trained {modality} head, so {modality} embeddings are not in the anchor space. "

@@ -22,8 +22,16 @@ from gen_align.errors import WeightsNotFoundError
 BEATS_AS2M = "beats/BEATs_iter3_plus_AS2M.pt"
 """Where the released BEATs iter3+ AS2M checkpoint lives under ``$GEN_ALIGN_HOME`` (it is not on the hub)."""
 BEATS_HINT = (
-    "run `gen-align download stable-unclip-h --modalities audio` (it fetches the official file), or download "
+    "run `gen-align download stable-unclip-h-beats --modalities audio` (it fetches the official file), or download "
     f"BEATs_iter3+ (AS2M) from the microsoft/unilm `beats/` README and save it as $GEN_ALIGN_HOME/{BEATS_AS2M}"
+)
+IMAGEBIND_HUGE = "imagebind/imagebind_huge.pth"
+"""Where the released ImageBind (huge) whole-model checkpoint lives under ``$GEN_ALIGN_HOME`` (it is not on the hub)."""
+IMAGEBIND_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
+"""Its official download: the URL ``imagebind_model.imagebind_huge(pretrained=True)`` fetches."""
+IMAGEBIND_HINT = (
+    "run `gen-align download imagebind-h --modalities audio` (it fetches the official file), or download "
+    f"{IMAGEBIND_URL} (CC BY-NC 4.0) and save it as $GEN_ALIGN_HOME/{IMAGEBIND_HUGE}"
 )
 
 T = TypeVar("T")
@@ -53,9 +61,15 @@ def local_candidates(
     return [p / subfolder if subfolder else p for p in places]
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
 def looks_like_hub_id(source: str) -> bool:
-    """``owner/name`` without a leading ``.``/``/``/``~`` and with exactly one slash."""
-    return source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith(".pt")
+    """``owner/name`` without a leading ``.``/``/``/``~``, with exactly one slash, and not a checkpoint file name
+    (``beats/BEATs_iter3_plus_AS2M.pt``, ``imagebind/imagebind_huge.pth``)."""
+    return (
+        source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith(CHECKPOINT_SUFFIXES)
+    )
 
 
 def load_from_source(

@@ -50,6 +50,21 @@ def calibration_path(preset: str, weights_dir: str | os.PathLike | None = None) 
     return weights_home(weights_dir) / "calibration" / f"{preset}.json"
 
 
+def calibration_file(preset: str, weights_dir: str | os.PathLike | None = None) -> Path | None:
+    """The calibration that applies to ``preset``: its own file, else that of a preset with the same image tower and
+    decoder (the norm depends on nothing else: imagebind-h, stable-unclip-h and stable-unclip-h-beats share one);
+    None when there is none."""
+    from gen_align.presets import PRESETS
+
+    own = PRESETS.get(preset)
+    names = [preset] + sorted(
+        p.name for p in PRESETS.values()
+        if own is not None and p.name != preset and not p.checkpoint and p.decoder == own.decoder
+        and p.towers.get("image") == own.towers.get("image")
+    )  # fmt: skip
+    return next((path for path in (calibration_path(n, weights_dir) for n in names) if path.is_file()), None)
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted), or an InputFileError if there are none."""
     folder = Path(folder)
@@ -143,16 +158,13 @@ def find_stats(
             source="space config output_norm",
         )
     preset = config.get("preset")
-    if preset:
-        path = calibration_path(preset, weights_dir)
-        if path.is_file():
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as err:
-                raise ConfigError(
-                    f"{path} is unreadable ({err}); re-run `gen-align calibrate --preset {preset}`."
-                ) from err
-            return stats_from_record(record, str(path))
+    path = calibration_file(preset, weights_dir) if preset else None
+    if path is not None:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path} is unreadable ({err}); re-run `gen-align calibrate --preset {preset}`.") from err
+        return stats_from_record(record, str(path))
     where = f"--space {checkpoint}" if checkpoint else f"--preset {preset}" if preset else "--space CKPT"
     looked = f" and there is no {calibration_path(preset, weights_dir)}" if preset else ""
     raise ConfigError(

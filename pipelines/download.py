@@ -7,8 +7,8 @@ the hub can say, and the single command that fetches everything: ``gen-align dow
 :func:`download_preset` is that command: hub sources go to ``$GEN_ALIGN_HOME/<owner>/<name>`` (the first place
 :func:`gen_align.weights.load_from_source` looks), only the files the loaders read (configs, tokenizers and one
 weights file per folder, safetensors preferred; no fp16 variants, no single-file checkpoints); files that are not on
-the hub (the BEATs checkpoint) come from their official URL. Both resume: the hub client keeps partial files, and
-:func:`fetch_url` continues a ``.part`` file with an HTTP range request.
+the hub (the BEATs and ImageBind checkpoints) come from their official URLs. Both resume: the hub client keeps
+partial files, and :func:`fetch_url` continues a ``.part`` file with an HTTP range request.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 
 from gen_align.errors import OutputError, WeightsNotFoundError
 from gen_align.presets import BEATS_AS2M, Preset, get_preset
-from gen_align.weights import local_candidates, looks_like_hub_id, weights_home
+from gen_align.weights import IMAGEBIND_HUGE, IMAGEBIND_URL, local_candidates, looks_like_hub_id, weights_home
 
-from .calibration import calibration_path
+from .calibration import calibration_file, calibration_path
 from .presence import Requirement, is_present, requirements
 
 OFFICIAL_FILES = {
@@ -34,6 +34,11 @@ OFFICIAL_FILES = {
         "https://valle.blob.core.windows.net/share/BEATs/BEATs_iter3_plus_AS2M.pt?sv=2020-08-04&st=2023-03-01T07%3A51"
         "%3A05Z&se=2033-03-02T07%3A51%3A00Z&sr=c&sp=rl&sig=QJXmSJG9DbMKf48UDIU1MfzIro8HQOf3sqlNXiflY1I%3D",
         "BEATs iter3+ (AS2M), the pre-trained checkpoint linked from the microsoft/unilm beats/ README",
+    ),
+    IMAGEBIND_HUGE: (
+        IMAGEBIND_URL,
+        "ImageBind (huge), the released whole-model checkpoint of facebookresearch/ImageBind (4.5 GB; CC BY-NC 4.0: "
+        "non-commercial use only)",
     ),
 }
 """Files a preset needs that are not on the hub: the path under ``$GEN_ALIGN_HOME`` → (official URL, what it is)."""
@@ -107,7 +112,7 @@ def missing_components(
         missing.append(Missing(req.what, _label(req), tuple(looked), size, fix))
     if calibration and not preset.checkpoint:
         path = calibration_path(preset.name, weights_dir)
-        if not path.is_file():
+        if calibration_file(preset.name, weights_dir) is None:
             missing.append(
                 Missing(
                     "calibration",
@@ -254,7 +259,7 @@ def download_preset(
             target = home / req.source
             say(f"{req.what}: {what} -> {target}")
             written.append(fetch_url(url, target))
-    if not preset.checkpoint and not calibration_path(name, weights_dir).is_file():
+    if not preset.checkpoint and calibration_file(name, weights_dir) is None:
         say(
             f"Last step, once: gen-align calibrate --preset {name} --images DIR (a few hundred natural images) "
             "measures the embedding norm the decoder is fed at."

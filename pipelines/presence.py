@@ -15,6 +15,9 @@ from gen_align.errors import WeightsNotFoundError
 from gen_align.presets import PRESETS, Preset
 from gen_align.weights import local_candidates, looks_like_hub_id, weights_home
 
+FILE_LABELS = {"beats": "BEATs", "imagebind-audio": "ImageBind"}
+"""Tower kinds whose source is one official checkpoint file (not a hub folder), with their names."""
+
 
 @dataclass(frozen=True)
 class Requirement:
@@ -39,7 +42,7 @@ def requirements(preset: Preset, modalities: Iterable[str]) -> list[Requirement]
     wanted = set(modalities) | ({"image"} if needs_image_tower(preset) else set())
     for modality in sorted(wanted & set(preset.towers)):
         tower = preset.towers[modality]
-        marker = None if tower["kind"] == "beats" else "config.json"
+        marker = None if tower["kind"] in FILE_LABELS else "config.json"
         reqs.append(Requirement(tower["source"], tower.get("subfolder"), marker, f"{modality} tower"))
     return reqs
 
@@ -88,14 +91,19 @@ def download_instructions(modalities: Iterable[str], weights_dir: str | os.PathL
         lines.append(f"The shipped preset(s) {shipped} are missing from this installation: reinstall gen-align.")
     hub_presets = [p for p in PRESETS.values() if not p.checkpoint]
     for rank, preset in enumerate(sorted(hub_presets, key=lambda p: p.embedding_dim)):
-        hub = sorted({r.source for r in requirements(preset, modalities) if looks_like_hub_id(r.source)})
+        reqs = requirements(preset, modalities)
+        hub = sorted({r.source for r in reqs if looks_like_hub_id(r.source)})
+        files = sorted(
+            {FILE_LABELS[t["kind"]] for m, t in preset.towers.items() if m in modalities and t["kind"] in FILE_LABELS}
+        )
+        audio = preset.towers.get("audio", {})
+        head = "audio" in modalities and audio and not audio.get("native")
         lines.append(
             f"{'Smallest' if rank == 0 else 'Or'}: --preset {preset.name} ({preset.description}; from {', '.join(hub)}"
-            f"{' and the official BEATs file' if 'audio' in modalities else ''}), get all of it with:"
+            f"{''.join(f' and the official {f} file' for f in files)}"
+            f"{'; audio also needs a space trained on it, --space CKPT' if head else ''}), get all of it with:"
         )
         lines.append(f"  gen-align download {preset.name} --weights-dir {home}")
-    if "audio" in modalities:
-        lines.append("Audio also needs a trained space with an audio head: --space CKPT.")
     lines.append(
         "Run the download on a machine with network, then run again here; if you saved it elsewhere, set "
         "GEN_ALIGN_HOME=DIR or pass --weights-dir DIR. To pick a preset or a trained space, pass --preset/--space."

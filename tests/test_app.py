@@ -201,10 +201,11 @@ def test_selector_offers_only_the_presets_whose_weights_are_present(served, worl
     monkeypatch.delitem(PRESETS, "mini", raising=False)  # the tiny presets only, from here on
     su, kd = PRESET_PATHS["stable-unclip-h"], PRESET_PATHS["kandinsky-2.2"]
     partial = linked_home(world, tmp_path / "partial", [*su, kd[0]])  # kandinsky's prior (its towers) is missing
-    assert app_demo.selector_choices(RuntimeOptions(weights_dir=partial)) == [("stable-unclip-h", "stable-unclip-h")]
+    vit_h = ["stable-unclip-h", "stable-unclip-h-beats", "imagebind-h"]  # one decoder and text tower: all present
+    assert app_demo.selector_choices(RuntimeOptions(weights_dir=partial)) == [(name, name) for name in vit_h]
     assert app_demo.selector_choices(RuntimeOptions(weights_dir=str(tmp_path / "empty"))) == []
     full = app_demo.selector_choices(RuntimeOptions(space=world["space"], weights_dir=world["home"]))
-    assert [value for _, value in full] == [world["space"], "stable-unclip-h", "kandinsky-2.2"]
+    assert [value for _, value in full] == [world["space"], *vit_h, "kandinsky-2.2"]
     assert full[0][0] == f"space (--space {world['space']})"
     # The page's dropdown: the --space checkpoint (selected) + every present preset, smallest first.
     (dropdown,) = [b for b in served["demo"].blocks.values() if isinstance(b, gr.Dropdown)]

@@ -15,6 +15,7 @@ from tiny_models import PRESET_PATHS, tiny_weights_home
 from gen_align.cli import main
 from gen_align.pipelines import download as dl
 from gen_align.presets import BEATS_AS2M
+from gen_align.weights import IMAGEBIND_HUGE
 
 SD, LAION = PRESET_PATHS["stable-unclip-h"]
 SD_FILES = [
@@ -71,13 +72,13 @@ def test_hub_files_are_chosen_as_the_loaders_read_them():
 
 
 def test_every_missing_component_is_reported_at_once_offline(tmp_path, capsys):
-    """generate --preset stable-unclip-h with nothing on the machine: one message lists the decoder, the text and
+    """generate --preset stable-unclip-h-beats with nothing on the machine: one message lists the decoder, the text and
     audio towers and the calibration, each with where it was looked for, says the machine is offline and gives
     the one command; exit 2 at once (no hub retries), nothing written."""
     empty = tmp_path / "empty"
     wav = tmp_path / "a.wav"
     sf.write(wav, 0.3 * np.sin(np.arange(16000) / 3.0), 16000)
-    argv = ["generate", "--preset", "stable-unclip-h", "--text", "a red star", "--weights-dir", str(empty)]
+    argv = ["generate", "--preset", "stable-unclip-h-beats", "--text", "a red star", "--weights-dir", str(empty)]
     started = time.perf_counter()
     assert main([*argv, "--audio", str(wav), "--out", str(tmp_path / "o")]) == 2
     assert time.perf_counter() - started < 30  # refused before any slow step: no retries, no model loads
@@ -86,8 +87,8 @@ def test_every_missing_component_is_reported_at_once_offline(tmp_path, capsys):
     for needle in (f"decoder: {SD}", f"text tower: {LAION}", f"audio tower: {BEATS_AS2M}", "calibration: "):
         assert needle in err, (needle, err)
     assert str(empty / SD) in err and "the Hugging Face cache" in err and "valle.blob.core.windows.net" in err
-    assert f"gen-align download stable-unclip-h --weights-dir {empty}" in err
-    assert "gen-align calibrate --preset stable-unclip-h --images DIR" in err
+    assert f"gen-align download stable-unclip-h-beats --weights-dir {empty}" in err
+    assert "gen-align calibrate --preset stable-unclip-h-beats --images DIR" in err
     assert "model_index.json" not in err and not (tmp_path / "o").exists()
 
 
@@ -164,9 +165,12 @@ def test_a_server_that_ignores_the_range_restarts_the_file(server, tmp_path):
     assert target.read_bytes() == RangeServer.payload
 
 
-def test_download_fetches_every_component_of_a_preset(server, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("preset", "official"), [("stable-unclip-h", IMAGEBIND_HUGE), ("stable-unclip-h-beats", BEATS_AS2M)]
+)
+def test_download_fetches_every_component_of_a_preset(server, tmp_path, monkeypatch, capsys, preset, official):
     """The hub is stood in for by its client's two calls (the network is not reachable here): each repository is
-    listed, the chosen files go to $GEN_ALIGN_HOME/<repo>; the BEATs checkpoint comes from its official URL (a local
+    listed, the chosen files go to $GEN_ALIGN_HOME/<repo>; the audio checkpoint comes from its official URL (a local
     server); a second run finds the file and leaves it."""
     import huggingface_hub
 
@@ -186,15 +190,15 @@ def test_download_fetches_every_component_of_a_preset(server, tmp_path, monkeypa
     monkeypatch.setattr(dl, "hub_reachable", lambda timeout=2.0: True)
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setitem(dl.OFFICIAL_FILES, BEATS_AS2M, (server, "BEATs iter3+ (AS2M)"))
+    monkeypatch.setitem(dl.OFFICIAL_FILES, official, (server, f"the official {official}"))
     home = tmp_path / "home"
-    assert main(["download", "stable-unclip-h", "--weights-dir", str(home)]) == 0
+    assert main(["download", preset, "--weights-dir", str(home)]) == 0
     assert [c[0] for c in calls] == [SD, SD, LAION]  # decoder, image tower (present after the decoder), text tower
     assert calls[0][1] == dl.select_files(SD_FILES) and calls[2][1] == ["config.json", "model.safetensors"]
-    assert (home / BEATS_AS2M).read_bytes() == RangeServer.payload
+    assert (home / official).read_bytes() == RangeServer.payload
     out = capsys.readouterr().out
-    assert "gen-align calibrate --preset stable-unclip-h" in out and "4 component(s) fetched" in out
-    assert main(["download", "stable-unclip-h", "--weights-dir", str(home), "--modalities", "audio"]) == 0
+    assert f"gen-align calibrate --preset {preset}" in out and "4 component(s) fetched" in out
+    assert main(["download", preset, "--weights-dir", str(home), "--modalities", "audio"]) == 0
     assert "is here already" in capsys.readouterr().out and len(RangeServer.ranges) == 1
 
 

@@ -114,7 +114,7 @@ def test_generate_command_flow_with_a_mini_decoder(folder, tmp_path):
         options, [Condition("text", "a red circle")], n=2, decode=DecodeOptions(steps=2), out=tmp_path / "out"
     )
     record = result.record
-    assert record["decoder"]["kind"] == "mini" and (record["steps"], record["guidance"]) == (2, 2.0)
+    assert record["decoder"]["kind"] == "mini" and (record["steps"], record["guidance"]) == (2, 4.0)
     assert record["size"] == [16, 16] and (tmp_path / "out" / "grid.png").is_file()
     assert "noise_level" not in record
 

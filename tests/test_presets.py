@@ -29,9 +29,18 @@ HUB_PRESET = {
 
 def test_every_builtin_preset_is_a_file_and_the_shipped_one_comes_first():
     files = sorted(p.stem for p in PRESET_CONFIGS.glob("*.json"))
-    assert files == sorted(PRESETS) == ["kandinsky-2.2", "mini", "stable-unclip-h"]
+    assert (
+        files == sorted(PRESETS) == ["imagebind-h", "kandinsky-2.2", "mini", "stable-unclip-h", "stable-unclip-h-beats"]
+    )
     assert sorted(list_presets()) == sorted(PRESETS)
-    assert list(_builtin_presets()) == ["mini", "stable-unclip-h", "kandinsky-2.2"]  # other tests reorder PRESETS
+    # other tests reorder PRESETS; a baseline (imagebind-h: towers used untrained) after the main presets of its size
+    assert list(_builtin_presets()) == [
+        "mini",
+        "stable-unclip-h",
+        "stable-unclip-h-beats",
+        "imagebind-h",
+        "kandinsky-2.2",
+    ]
     assert PRESETS["mini"].checkpoint == str(MINI_SPACE) and PRESETS["mini"].decoder == str(MINI_DECODER)
     raw = json.loads((PRESET_CONFIGS / "stable-unclip-h.json").read_text())
     assert PRESETS["stable-unclip-h"].towers == raw["towers"] and raw["decoder"] == PRESETS["stable-unclip-h"].decoder

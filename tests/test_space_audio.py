@@ -67,7 +67,7 @@ def test_round_trip_with_beats_saved_as_safetensors(audio_space, io, tmp_path):
 
 def test_missing_beats_checkpoint_says_how_to_get_it(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="microsoft/unilm"):
-        AlignedSpace.from_pretrained("stable-unclip-h", modalities=["audio"], weights_dir=tmp_path)
+        AlignedSpace.from_pretrained("stable-unclip-h-beats", modalities=["audio"], weights_dir=tmp_path)
 
 
 def test_silent_and_corrupt_audio_are_refused(audio_space, tmp_path):

@@ -25,6 +25,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "gen-align download stable-unclip-h",
         "gen-align download kandinsky-2.2 --modalities text --weights-dir /data/weights",
         "gen-align download stable-unclip-h --check",
+        "gen-align download imagebind-h --modalities audio",
     ),
     "encode": (
         "gen-align encode world/train/manifest.jsonl --out cache/train",
@@ -34,13 +35,13 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "fid": (
         "gen-align fid --manifest world/test/manifest.jsonl --extractor "
         "gen_align.mini.recipes.classifier:shipped_extractor --out results/fid",
-        "gen-align fid --manifest data/vggsound/test.jsonl --preset stable-unclip-h --conditions text,audio --kid "
+        "gen-align fid --manifest data/vggsound/test.jsonl --preset imagebind-h --conditions text,audio --kid "
         "--out results/fid-vgg",
     ),
     "generate": (
         f'gen-align generate --text "a small red star on stripes" --audio {WAV} --out results/generate',
         'gen-align generate --text "a huge cobalt disc" --n 8 --seed 3 --steps 25 --out results/discs',
-        "gen-align generate --preset stable-unclip-h --audio bark.wav --weights-dir ~/models --out results/bark",
+        "gen-align generate --preset imagebind-h --audio bark.wav --weights-dir ~/models --out results/bark",
     ),
     "interpolate": (f'gen-align interpolate --start text="a small red star on stripes" --end audio={WAV} --frames 8',),
     "mini": ("gen-align mini build world", "gen-align mini train --ship", "gen-align mini check"),

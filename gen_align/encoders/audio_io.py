@@ -54,6 +54,7 @@ def load_audio(
     target_rate: int = 16000,
     silence: str = "error",
     max_seconds: float | None = None,
+    silence_fix: str | None = None,
 ) -> torch.Tensor:
     """Decode one clip to a new 1-D float32 mono CPU tensor at ``target_rate``.
 
@@ -61,8 +62,9 @@ def load_audio(
     ``(waveform, rate)`` tuple. ``silence`` says what to do when the peak is below :data:`SILENCE_PEAK`:
     ``"error"`` raises, ``"warn"`` warns and returns the clip, ``"ignore"`` returns it. ``max_seconds`` refuses
     longer clips. File problems raise :class:`InputFileError`, waveform problems :class:`InputDataError`.
+    ``silence_fix`` replaces the silent-clip message's advice (a tower says where its setting lives).
     """
-    opts = _options(target_rate, silence, max_seconds)
+    opts = _options(target_rate, silence, max_seconds, silence_fix)
     return _load_one(source, sample_rate, opts, "the waveform")
 
 
@@ -93,6 +95,17 @@ def load_audios(
         rate = None if isinstance(item, (str, os.PathLike, tuple)) else sample_rate
         out.append(_load_one(item, rate, opts, f"waveform sources[{i}]"))
     return out
+
+
+TOWER_SILENCE_FIX = (
+    'set "silence": "warn" (or "ignore") under towers.audio in the space\'s config.json to accept silent clips'
+)
+
+
+def load_tower_inputs(items: Sequence[AudioSource], silence: str = "error") -> list[torch.Tensor]:
+    """An audio tower's inputs (paths or ``(waveform, rate)`` pairs) → 16-kHz mono clips. A silent clip's message
+    says where a command-line user accepts it: the tower's ``silence`` setting in the space's config."""
+    return [load_audio(item, silence=silence, silence_fix=TOWER_SILENCE_FIX) for item in items]
 
 
 def check_duration(path: str | os.PathLike, max_seconds: float, *, hint: str = "") -> None:
@@ -128,8 +141,9 @@ def _declared_file_seconds(path: Path) -> float | None:
         return None
 
 
-def _options(target_rate: object, silence: object, max_seconds: object) -> dict:
+def _options(target_rate: object, silence: object, max_seconds: object, silence_fix: str | None = None) -> dict:
     return {
+        "silence_fix": silence_fix or "pass silence='warn' or 'ignore' to accept silent clips",
         "target_rate": _rate(target_rate, "target_rate"),
         "silence": choice(silence, "silence mode", ("error", "warn", "ignore")),
         "max_seconds": None if max_seconds is None else positive(max_seconds, "max_seconds", "Use None for no limit."),
@@ -249,7 +263,7 @@ def _finish(wave: np.ndarray, rate: int, name: str, error: type[GenAlignError], 
     if mono_peak < SILENCE_PEAK and opts["silence"] != "ignore":
         message = (
             f"{name} is silent: its peak amplitude {mono_peak:.2g} is below {SILENCE_PEAK:g} (≈ -80 dBFS). "
-            "Check the recording or the audio track, or pass silence='warn' or 'ignore' to accept silent clips."
+            f"Check the recording or the audio track, or {opts['silence_fix']}."
         )
         if opts["silence"] == "error":
             raise error(message)

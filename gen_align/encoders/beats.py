@@ -18,7 +18,8 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from gen_align.encoders.beats_backbone import ACTIVATIONS, ATTENTION_MODES, TransformerEncoder
+from gen_align.encoders.attention_mode import SelectableAttention
+from gen_align.encoders.beats_backbone import ACTIVATIONS, TransformerEncoder
 from gen_align.errors import CheckpointError, ConfigError, InputDataError, InputFileError
 
 SAMPLE_RATE = 16000
@@ -146,7 +147,7 @@ def reshape_padding_mask(mask: Tensor, size: int) -> Tensor:
     return mask.view(mask.size(0), size, -1).all(-1)
 
 
-class BEATs(nn.Module):
+class BEATs(SelectableAttention, nn.Module):
     """BEATs: fbank -> 16×16 patches -> LayerNorm -> ``post_extract_proj`` -> transformer (-> predictor)."""
 
     def __init__(self, cfg: BEATsConfig | Mapping[str, Any] | None = None, *, attention: str = "sdpa") -> None:
@@ -172,17 +173,6 @@ class BEATs(nn.Module):
             self.predictor = None
         self.attention = attention
         self.label_dict: dict | None = None
-
-    @property
-    def attention(self) -> str:
-        """``"sdpa"`` (``F.scaled_dot_product_attention``) or ``"naive"`` (explicit softmax, as the reference)."""
-        return self._attention
-
-    @attention.setter
-    def attention(self, mode: str) -> None:
-        if mode not in ATTENTION_MODES:
-            raise ConfigError(f"attention must be one of {ATTENTION_MODES}, got {mode!r}")
-        self._attention = mode
 
     @property
     def embedding_dim(self) -> int:

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from gen_align.encoders.beats import BEATsConfig
 
-ATTENTION_MODES = ("sdpa", "naive")
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_accurate": lambda x: F.gelu(x, approximate="tanh"),

@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from gen_align.encoders.audio_io import load_audio
+from gen_align.encoders.audio_io import load_tower_inputs
 from gen_align.encoders.beats import BEATs, BEATsConfig, load_beats
 from gen_align.encoders.beats_clips import BEATsEncoder
-from gen_align.errors import CheckpointError, InputDataError, InputFileError
+from gen_align.errors import CheckpointError
 from gen_align.io import write_json_atomic, write_safetensors_atomic
 from gen_align.weights import BEATS_HINT, load_from_source
 
@@ -96,20 +96,5 @@ class BEATsTower(nn.Module):
 
     def encode(self, items: Sequence[Any]) -> torch.Tensor:
         """Decode (any format/rate -> 16 kHz mono), then the masked token mean per clip, windowed."""
-        clips = []
-        for item in items:
-            try:
-                if isinstance(item, tuple) and len(item) == 2:
-                    clips.append(load_audio(item[0], item[1], silence=self.silence))
-                else:
-                    clips.append(load_audio(item, silence=self.silence))
-            except (InputFileError, InputDataError) as err:
-                if " is silent: " not in str(err):
-                    raise
-                # a command line cannot pass silence=...: say where this tower's setting lives
-                raise type(err)(
-                    f"{str(err).split(' Check the recording')[0]} Check the recording or the audio track; to accept "
-                    'silent clips, set "silence": "warn" (or "ignore") under towers.audio in the space\'s '
-                    "config.json."
-                ) from err
+        clips = load_tower_inputs(items, self.silence)
         return self.encoder.embed(clips)

@@ -20,20 +20,33 @@ TOWER_CLASSES = {
     "clip-text": "gen_align.encoders.clip:CLIPTextTower",
     "open-clip-vision": "gen_align.encoders.open_clip_vision:OpenCLIPVisionTower",
     "beats": "gen_align.encoders.beats_tower:BEATsTower",
+    "imagebind-audio": "gen_align.encoders.imagebind_tower:ImageBindAudioTower",
 }
 
-_TEXT, _NUMBER = "a string", "a number"
+_TEXT, _NUMBER, _WHOLE, _FLAG = "a string", "a number", "a whole number", "true or false"
+NATIVE = {"native": (_FLAG, False)}
+"""Any tower may say ``"native": true``: its output is already in the anchor's space (ImageBind audio in OpenCLIP
+ViT-H/14's), so the space uses it without a trained head."""
 TOWER_FIELDS: dict[str, dict[str, tuple[str, bool]]] = {  # kind -> {key: (type, required)}
     "clip-vision": {"source": (_TEXT, True), "subfolder": (_TEXT, False), "processor_subfolder": (_TEXT, False)},
     "clip-text": {"source": (_TEXT, True), "subfolder": (_TEXT, False), "tokenizer_subfolder": (_TEXT, False)},
     "open-clip-vision": {"source": (_TEXT, True), "subfolder": (_TEXT, False)},
     "beats": {"source": (_TEXT, True), "window_seconds": (_NUMBER, False), "silence": (_TEXT, False)},
+    "imagebind-audio": {
+        "source": (_TEXT, True),
+        "num_heads": (_WHOLE, False),
+        "clips": (_WHOLE, False),
+        "silence": (_TEXT, False),
+    },
 }
 
 
 def _has_type(value: Any, expected: str) -> bool:
-    if expected == _NUMBER:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
+    if expected == _FLAG:
+        return isinstance(value, bool)
+    if expected in (_NUMBER, _WHOLE):
+        whole = expected == _NUMBER or isinstance(value, numbers.Integral)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0 and whole
     return isinstance(value, str) and bool(value)
 
 
@@ -49,7 +62,7 @@ def check_tower_config(
     kind = cfg.get("kind")
     if kind not in TOWER_FIELDS:
         raise ConfigError(f"towers.{modality}.kind in {where} is {kind!r}; expected one of {sorted(TOWER_FIELDS)}.")
-    fields = TOWER_FIELDS[kind]
+    fields = {**TOWER_FIELDS[kind], **NATIVE}
     unknown = sorted(set(cfg) - set(fields) - {"kind"})
     if unknown:
         raise ConfigError(
@@ -61,7 +74,7 @@ def check_tower_config(
                 raise ConfigError(f"towers.{modality} ({kind}) in {where} needs {key!r} ({expected}).")
             continue
         if not _has_type(cfg[key], expected):
-            positive = " > 0" if expected == _NUMBER else ""
+            positive = " > 0" if expected in (_NUMBER, _WHOLE) else ""
             raise ConfigError(f"towers.{modality}.{key} in {where} must be {expected}{positive}, got {cfg[key]!r}.")
     return dict(cfg)
 
