@@ -237,3 +237,25 @@ def tiny_audio_space(directory, preset=None, output_norm=None, image_seed=0):
     }
     space = AlignedSpace(config, towers, {"audio": ProjectionHead(head).eval()})
     return space.save_pretrained(directory, save_towers=True)
+
+
+def tiny_captioner(directory):
+    """A BLIP captioner at toy size (random weights: captions are strings of its 36-word vocabulary), saved with its
+    processor in the layout of a hub captioning repository."""
+    import string
+
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, "dog", "cat", "photo", "of", "the"]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    layers = {"intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4, "hidden_size": HIDDEN}
+    text = {**layers, "vocab_size": len(words), "encoder_hidden_size": HIDDEN, "max_position_embeddings": 64,
+            "bos_token_id": 2, "sep_token_id": 3, "pad_token_id": 0, "eos_token_id": 3}  # fmt: skip
+    config = BlipConfig(
+        text_config=text, vision_config={**layers, "image_size": 32, "patch_size": 16}, projection_dim=HIDDEN
+    )
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(config).eval().save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

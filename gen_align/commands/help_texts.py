@@ -20,7 +20,15 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "data": ("gen-align data vggsound --csv vggsound.csv --clips clips/ --out data/vggsound",),
     "data vggsound": (
         "gen-align data vggsound --csv vggsound.csv --clips clips/ --out data/vggsound --label-captions",
+        "gen-align data vggsound --csv test.csv --clips clips/ --out data/vggsound-test "
+        "--caption-model Salesforce/blip-image-captioning-large",
     ),
+    "data caption": (
+        "gen-align data caption data/vggsound/test.jsonl --out data/vggsound/captions.jsonl",
+        "gen-align data caption data/vggsound/train.jsonl --model Salesforce/blip2-opt-2.7b --batch-size 64 "
+        "--out data/vggsound/captions.jsonl",
+    ),
+    "data test-ids": ("gen-align data test-ids --csv test.csv --out vggsound_test_1024.txt",),
     "download": (
         "gen-align download stable-unclip-h",
         "gen-align download kandinsky-2.2 --modalities text --weights-dir /data/weights",

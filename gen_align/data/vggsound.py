@@ -52,7 +52,10 @@ from gen_align.data.clip_index import CLIP_SECONDS, VIDEO_SUFFIXES, ClipIndex, i
 from gen_align.data.manifest import ManifestItem, write_manifest
 from gen_align.data.vggsound_csv import (
     CSV_HINT,
+    GIVEN_RULE,
     SELECTION_RULE,
+    SHIPPED_RULE,
+    SHIPPED_TEST_IDS,
     SPLITS,
     TEST_SIZE,
     VGGSoundRow,
@@ -149,7 +152,7 @@ def prepare_vggsound(
         else:
             by_id[row.id] = row
     unique = list(by_id.values())
-    selected = _test_selection(unique, by_id, test_size, test_ids)
+    selected, selection_rule = _test_selection(unique, by_id, test_size, test_ids)
     test_set = set(selected)
     caption_data = read_captions(captions, by_id) if captions is not None else None
     index = index_clips(clips, by_id)
@@ -226,6 +229,7 @@ def prepare_vggsound(
         selected=selected,
         test_size=test_size,
         custom_test_ids=test_ids is not None,
+        selection_rule=selection_rule,
         manifests=manifests,
         excluded=excluded,
         decoded=sum(1 for i in jobs if i in seconds_of),
@@ -260,9 +264,14 @@ def _test_selection(
     by_id: dict[str, VGGSoundRow],
     test_size: int,
     test_ids: str | os.PathLike | Iterable[str] | None,
-) -> list[str]:
+) -> tuple[list[str], str]:
+    """The test ids and how they were chosen: the shipped 1024 (the default, when the CSV holds them all: the official
+    list does), a given list, or the sha256 rule applied to this CSV's own test rows (another size, another list)."""
     if test_ids is None:
-        return select_test_ids(unique, test_size)
+        shipped = read_test_ids(SHIPPED_TEST_IDS)
+        if test_size == len(shipped) and all(i in by_id for i in shipped):
+            return shipped, SHIPPED_RULE
+        return select_test_ids(unique, test_size), SELECTION_RULE
     ids = read_test_ids(test_ids) if isinstance(test_ids, (str, os.PathLike)) else [str(i) for i in test_ids]
     if len(set(ids)) != len(ids):
         raise ConfigError("the test-id list repeats ids; each id may appear once.")
@@ -272,7 +281,7 @@ def _test_selection(
             f"{len(unknown)} of the {len(ids)} test ids are not in the CSV (e.g. {unknown[0]!r}); the test-id list and "
             "the CSV do not belong together. Use the official CSV, or drop --test-ids to apply the sha256 rule."
         )
-    return ids
+    return ids, GIVEN_RULE
 
 
 def _nothing_found(clips: str | os.PathLike, index: ClipIndex, wanted: int) -> str:
@@ -469,7 +478,7 @@ def _summary(**kw: Any) -> dict[str, Any]:
             "unmatched_examples": [str(p) for p in kw["index"].unmatched[:10]],
         },
         "test_selection": {
-            "rule": "given test-id list" if kw["custom_test_ids"] else SELECTION_RULE,
+            "rule": kw["selection_rule"],
             "requested": len(selected) if kw["custom_test_ids"] else kw["test_size"],
             "official_test_ids": sum(1 for row in by_id.values() if row.split == "test"),
             "selected": len(selected),
