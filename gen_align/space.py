@@ -81,6 +81,7 @@ class AlignedSpace(nn.Module):
         weights_dir: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        heads: Iterable[str] | None = None,
     ) -> AlignedSpace:
         """Load a checkpoint directory (``config.json`` + ``heads.safetensors``) or a preset by name.
 
@@ -89,6 +90,8 @@ class AlignedSpace(nn.Module):
                 (:func:`gen_align.presets.list_presets`). A preset without a checkpoint has no trained heads: its
                 text embeddings are CLIP's own and audio is unavailable.
             modalities: the towers to load (default: all in the config; ``[]`` reads the config only).
+            heads: the heads to load (default: those of the loaded towers); ``modalities=[], heads=[...]`` maps
+                cached tower features with :meth:`project` without loading a tower.
             weights_dir: where local tower weights live (default ``$GEN_ALIGN_HOME``, then the hub).
             device, dtype: where and in what precision the towers run.
 
@@ -139,10 +142,11 @@ class AlignedSpace(nn.Module):
         if unknown:
             raise ConfigError(f"this space has no tower for {unknown}; it has {sorted(config['towers'])}.")
         towers = {m: build_tower(config["towers"][m], base_dir, weights_dir, m) for m in wanted}
-        heads = {m: ProjectionHead(HeadConfig(**config["heads"][m])) for m in config["heads"] if m in wanted}
-        if heads:
-            _load_heads(heads, path / HEADS_NAME)
-        space = cls(config, towers, heads)
+        wanted_heads = set(wanted if heads is None else heads)
+        loaded = {m: ProjectionHead(HeadConfig(**config["heads"][m])) for m in config["heads"] if m in wanted_heads}
+        if loaded:
+            _load_heads(loaded, path / HEADS_NAME)
+        space = cls(config, towers, loaded)
         return space.to(device=device, dtype=dtype) if device is not None or dtype is not None else space
 
     def save_pretrained(self, directory: str | os.PathLike, *, save_towers: bool = False) -> Path:

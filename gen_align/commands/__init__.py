@@ -5,6 +5,7 @@ COMMANDS = (
     "objectives",
     "analyze",
     "encode",
+    "embed",
     "train",
     "data",
     "generate",

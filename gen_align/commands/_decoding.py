@@ -77,3 +77,13 @@ def sampling_options(args: argparse.Namespace) -> Any:
         height=args.height,
         width=args.width,
     )
+
+
+def space_or_default(args: argparse.Namespace, modalities: list[str]) -> str:
+    """``--space``, else ``--preset``, else (as generate, fid and app) the smallest preset whose weights for
+    ``modalities`` are here: the shipped mini preset when the package has it."""
+    if args.space or args.preset:
+        return args.space or args.preset
+    from gen_align.pipelines.presence import default_preset
+
+    return default_preset(modalities, args.weights_dir)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gen_align.checks import positive
-from gen_align.commands._decoding import add_input_arguments
+from gen_align.commands._decoding import add_input_arguments, space_or_default
 from gen_align.commands._reports import report_skipped
 
 
@@ -14,11 +14,7 @@ def run(args: argparse.Namespace) -> int:
     from gen_align.feature_extraction import encode_manifest
 
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    space = args.space or args.preset
-    if space is None:  # as generate, fid and app: the smallest preset whose weights are here (mini when shipped)
-        from gen_align.pipelines.presence import default_preset
-
-        space = default_preset(modalities, args.weights_dir)
+    space = space_or_default(args, modalities)
     summary = encode_manifest(
         args.manifest,
         space,

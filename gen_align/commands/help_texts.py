@@ -35,6 +35,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "gen-align download stable-unclip-h --check",
         "gen-align download imagebind-h --modalities audio",
     ),
+    "embed": (
+        "gen-align embed world/test/manifest.jsonl --modalities image,text,audio --out results/emb/test.safetensors",
+        "gen-align embed data/vggsound/test.jsonl --space runs/unialign/space --modalities text,audio "
+        "--out emb/vgg.safetensors",
+    ),
     "encode": (
         "gen-align encode world/train/manifest.jsonl --out cache/train",
         "gen-align encode data/vggsound/train.jsonl --preset stable-unclip-h --modalities audio --out cache/vgg",

@@ -16,11 +16,15 @@ def _modality(embeddings: dict, name: str, path: str) -> object:
 
 
 def run_index(args: argparse.Namespace) -> int:
+    from gen_align.aligned_embeddings import read_embedding_ids
     from gen_align.io import load_embeddings
     from gen_align.retrieval.ann import AnnIndex
 
     gallery = _modality(load_embeddings(args.embeddings), args.modality, args.embeddings)
-    index = AnnIndex.build(gallery, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe, modality=args.modality)
+    ids = read_embedding_ids(args.embeddings)  # the manifest ids of a `gen-align embed` file, else row numbers
+    index = AnnIndex.build(
+        gallery, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe, modality=args.modality, ids=ids
+    )
     index.meta["source"] = str(args.embeddings)
     index.save(args.out)
     extra = f", nlist {index.meta['nlist']}, nprobe {index.meta['nprobe']}" if index.kind == "ivf" else ""
@@ -29,16 +33,18 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    from gen_align.aligned_embeddings import read_embedding_ids
     from gen_align.io import load_embeddings, write_json_atomic
     from gen_align.retrieval.ann import AnnIndex
 
     index = AnnIndex.load(args.index)
     queries = _modality(load_embeddings(args.queries), args.modality, args.queries)
+    query_ids = read_embedding_ids(args.queries) or list(range(len(queries)))
     scores, positions = index.search(queries, args.k)
     ids = index.ids_of(positions)
     results = [
-        {"query": i, "ids": row_ids, "scores": [float(s) for s in row_scores]}
-        for i, (row_ids, row_scores) in enumerate(zip(ids, scores.tolist(), strict=True))
+        {"query": q, "ids": row_ids, "scores": [float(s) for s in row_scores]}
+        for q, row_ids, row_scores in zip(query_ids, ids, scores.tolist(), strict=True)
     ]
     summary = {"index": str(args.index), "queries": str(args.queries), "modality": args.modality, "k": args.k}
     path = write_json_atomic(args.out, summary | {"kind": index.kind, "results": results})
