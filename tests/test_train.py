@@ -109,6 +109,20 @@ def test_masked_loss_uses_groups_with_all_modalities_kept_when_p_is_zero():
     assert torch.isfinite(dropped) and not torch.equal(dropped, loss)
 
 
+@pytest.mark.parametrize("name", ["infonce", "unialign"])
+def test_masking_acts_with_two_modalities_by_dropping_the_masked_samples_terms(name):
+    """Anchor + one modality: the masked samples leave the batch; the loss is the objective on the kept rows. The
+    reference draws the documented mask itself (one uniform per sample, masked below p)."""
+    torch.manual_seed(1)
+    z = {m: torch.randn(16, 6) for m in ("image", "audio")}
+    objective = get_objective(name)
+    kept = torch.rand(16, generator=torch.Generator().manual_seed(5)) >= 0.3
+    expected, _ = objective({m: v[kept] for m, v in z.items()})
+    loss, _ = masked_loss(objective, z, "image", 0.3, torch.Generator().manual_seed(5))
+    assert 2 <= int(kept.sum()) < 16 and torch.equal(loss, expected)
+    assert not torch.equal(loss, objective(z)[0])
+
+
 def test_head_set_passes_the_anchor_through():
     from gen_align.heads import HeadConfig
 

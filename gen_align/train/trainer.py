@@ -76,33 +76,35 @@ class TrainedModules(nn.Module):
 def masked_loss(
     objective: Objective, z: dict[str, torch.Tensor], anchor: str, p: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The objective with each non-anchor modality dropped for a fraction ``p`` of the samples.
+    """The objective under stochastic modality masking: each non-anchor modality of each sample is masked with
+    probability ``p`` (independently; the query modality of a retrieval objective is never masked).
 
-    Samples are grouped by which modalities they keep (each keeps the anchor and at least one other); the
-    loss is the size-weighted mean of the objective on each group of two or more samples."""
+    A masked modality's terms are dropped, not its embedding zeroed: samples are grouped by the modalities they keep,
+    the objective is computed on each group of two or more samples that keeps two or more modalities, and the loss is
+    the size-weighted mean of those. A sample left with the anchor alone contributes no term, so masking acts for two
+    modalities too (the anchor and one other: the masked samples leave the batch of that step)."""
     if p == 0:
         return objective(z)
     droppable = [m for m in z if m != anchor and m != objective.hparams.get("query")]
     b = next(iter(z.values())).shape[0]
     keep = {m: torch.rand(b, generator=generator) >= p for m in droppable}
-    others = [m for m in z if m != anchor]
-    kept_any = torch.stack([keep.get(m, torch.ones(b, dtype=torch.bool)) for m in others]).any(0)
-    if droppable:
-        keep[droppable[0]] |= ~kept_any  # never drop every non-anchor modality of a sample
     patterns: dict[tuple[str, ...], list[int]] = {}
     for i in range(b):
         present = tuple(m for m in z if m not in keep or bool(keep[m][i]))
         patterns.setdefault(present, []).append(i)
     losses, weights, logs = [], [], {}
     for present, rows in patterns.items():
-        if len(rows) < 2:
+        if len(rows) < 2 or len(present) < 2:
             continue
         index = torch.tensor(rows, device=z[anchor].device)
         loss, logs = objective({m: z[m][index] for m in present})
         losses.append(loss)
         weights.append(len(rows))
     if not losses:
-        raise ConfigError(f"modality_dropout={p} left no group of two or more samples; lower it or raise batch_size.")
+        raise ConfigError(
+            f"modality_dropout={p} left no group of two or more samples with two or more modalities; lower it or "
+            "raise batch_size."
+        )
     total = sum(weights)
     return sum(w / total * loss for w, loss in zip(weights, losses, strict=True)), logs
 
