@@ -280,7 +280,7 @@ def test_masking_curve_replaces_rows_by_the_mean():
     values = [c["R@1"] for c in curve]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False)) and values[-1] < values[0] - 0.5
     mean = torch.from_numpy(x).mean(dim=0)
-    masked_rows = [{i for i in range(50) if torch.equal(q[i], mean)} for q, _ in seen]
+    masked_rows = [{i for i in range(50) if torch.equal(q[i], mean)} for q, _ in seen[1:]]  # seen[0]: the clean data
     assert [len(m) for m in masked_rows] == [0, 10, 25, 40]
     assert all(a <= b for a, b in zip(masked_rows, masked_rows[1:], strict=False))  # nested subsets
     assert all(torch.equal(g, torch.from_numpy(y)) for _, g in seen)
@@ -294,6 +294,29 @@ def test_masking_curve_default_metrics():
     assert clean["R@1"] == pytest.approx(100 * brute_r1(torch.from_numpy(x), torch.from_numpy(y)))
     assert {"R@5", "R@10", "MdR", "MnR", "mAP"} <= set(clean)
     assert full["R@1"] == pytest.approx(100 / 30)  # every query is the mean: only the top item's query hits
+    # degradation against the clean data, written out: R@1 falls (drop in %), the mean rank rises (rise in %)
+    assert full["degradation_%"]["R@1"] == pytest.approx(100 * (clean["R@1"] - full["R@1"]) / clean["R@1"])
+    assert full["degradation_%"]["MnR"] == pytest.approx(100 * (full["MnR"] - clean["MnR"]) / clean["MnR"])
+    assert all(v == pytest.approx(0) for v in clean["degradation_%"].values())
+
+
+def test_synonym_substitution_swaps_the_stated_fraction_of_known_words_within_their_groups():
+    from gen_align.retrieval.corruptions import SYNONYMS, synonym_substitution
+
+    text = "A small red dog, playing in the rain with a big cat."
+    known = [w.rstrip(",.").lower() for w in text.split() if w.rstrip(",.").lower() in SYNONYMS]
+    assert known == ["small", "red", "dog", "playing", "rain", "big", "cat"]
+    for seed in range(5):
+        out = synonym_substitution(text, 3 / 7, seed=seed).split()
+        changed = [(a, b) for a, b in zip(text.split(), out, strict=True) if a != b]
+        assert len(changed) == 3  # round(3/7 · 7) of the known words, exactly
+        for before, after in changed:
+            stem, punct = before.rstrip(",.").lower(), before[len(before.rstrip(",.")) :]
+            assert after.rstrip(",.").lower() in SYNONYMS[stem] and after.endswith(punct)
+            assert after[0].isupper() == before[0].isupper()
+    assert synonym_substitution(text, 0.5, seed=4) == synonym_substitution(text, 0.5, seed=4)
+    assert synonym_substitution("nothing known here", 1.0) == "nothing known here"
+    assert get_corruption("synonyms", p=1.0)("a dog", 0).split()[1] in SYNONYMS["dog"]
 
 
 def test_robustness_curve_on_noisy_audio_is_monotone():

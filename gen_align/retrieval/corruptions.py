@@ -5,6 +5,7 @@
 | "audio-noise"  | ``add_gaussian_noise(w, snr_db, seed)`` | float waveform (T,) or (C, T), NumPy or torch   |
 | "image-blur"   | ``gaussian_blur(image, radius)``        | PIL image                                       |
 | "word-dropout" | ``word_dropout(text, p, seed)``         | string                                          |
+| "synonyms"     | ``synonym_substitution(text, p, seed)`` | string (words of :data:`SYNONYMS` are swapped)  |
 
 :func:`get_corruption` binds the severity and returns ``f(item, seed) -> corrupted item``, the form
 :func:`~gen_align.retrieval.geometry_metrics.robustness_curve` calls.
@@ -24,9 +25,32 @@ import torch
 from gen_align.checks import choice, integer, non_negative
 from gen_align.errors import ConfigError, InputDataError
 
-__all__ = ["CORRUPTIONS", "add_gaussian_noise", "gaussian_blur", "word_dropout", "get_corruption"]
+__all__ = [
+    "CORRUPTIONS",
+    "SYNONYMS",
+    "add_gaussian_noise",
+    "gaussian_blur",
+    "get_corruption",
+    "synonym_substitution",
+    "word_dropout",
+]
 
-CORRUPTIONS = ("audio-noise", "image-blur", "word-dropout")
+CORRUPTIONS = ("audio-noise", "image-blur", "word-dropout", "synonyms")
+_SYNONYM_GROUPS = (  # caption words of VGGSound / COCO-style text and of the mini world, in groups of synonyms
+    ("dog", "hound", "puppy"), ("cat", "kitten", "feline"), ("man", "guy", "gentleman"), ("woman", "lady"),
+    ("person", "individual"), ("child", "kid"), ("people", "folks"), ("car", "automobile", "vehicle"),
+    ("playing", "performing"), ("talking", "speaking", "chatting"), ("singing", "crooning"),
+    ("running", "jogging"), ("walking", "strolling"), ("loud", "noisy"), ("quiet", "soft"), ("music", "tune"),
+    ("sound", "noise"), ("water", "liquid"), ("rain", "drizzle"), ("bird", "songbird"), ("road", "street"),
+    ("small", "little", "tiny"), ("large", "big", "huge"), ("red", "crimson", "scarlet"), ("blue", "azure"),
+    ("green", "emerald"), ("yellow", "golden"), ("purple", "violet"), ("orange", "amber"),
+    ("circle", "disc", "ring"), ("square", "box"), ("triangle", "wedge"), ("star", "pentagram"),
+    ("cross", "plus"), ("stripes", "bands"), ("dots", "spots"), ("plain", "bare"), ("picture", "image", "photo"),
+)  # fmt: skip
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    word: tuple(other for other in group if other != word) for group in _SYNONYM_GROUPS for word in group
+}
+"""The built-in synonym table: every word of a group maps to the others of its group."""
 
 
 def add_gaussian_noise(waveform: np.ndarray | torch.Tensor, snr_db: float, seed: int = 0) -> np.ndarray | torch.Tensor:
@@ -98,12 +122,39 @@ def word_dropout(text: str, p: float, seed: int = 0) -> str:
     return " ".join(w for i, w in enumerate(words) if i not in dropped)
 
 
+def synonym_substitution(text: str, p: float, seed: int = 0, table: dict[str, tuple[str, ...]] | None = None) -> str:
+    """``text`` with round(p · n) of its n replaceable words (those in ``table``, default :data:`SYNONYMS`,
+    case-insensitively, trailing punctuation kept) replaced by one of their synonyms, all choices drawn with
+    ``random.Random(seed)``; the other words and the spacing of the words kept. As :func:`word_dropout`, the count
+    is exact; a text without a replaceable word is returned unchanged."""
+    if not isinstance(text, str):
+        raise InputDataError(f"synonym_substitution: expected a string, got {type(text).__name__}.")
+    p = non_negative(p, "p", "(the fraction of replaceable words to swap, in [0, 1])")
+    if p > 1:
+        raise ConfigError(f"p must be a fraction in [0, 1], got {p}.")
+    integer(seed, "seed", low=0)
+    table = SYNONYMS if table is None else table
+    words = text.split()
+    stems = [w.rstrip(".,;:!?").lower() for w in words]
+    replaceable = [i for i, stem in enumerate(stems) if table.get(stem)]
+    count = math.floor(p * len(replaceable) + 0.5)
+    if count == 0:
+        return text
+    rng = random.Random(int(seed))
+    for i in sorted(rng.sample(replaceable, count)):
+        word, stem = words[i], stems[i]
+        new = rng.choice(table[stem])
+        new = new.capitalize() if word[:1].isupper() else new
+        words[i] = new + word[len(word.rstrip(".,;:!?")) :]
+    return " ".join(words)
+
+
 def get_corruption(name: str, **params: Any) -> Callable[[Any, int], Any]:
     """``f(item, seed)`` applying corruption ``name`` with its severity bound: "audio-noise" (``snr_db``;
     items are waveforms or ``(waveform, sample_rate)`` pairs), "image-blur" (``radius``; seed unused),
-    "word-dropout" (``p``)."""
+    "word-dropout" and "synonyms" (``p``)."""
     choice(name, "corruption", CORRUPTIONS)
-    needed = {"audio-noise": "snr_db", "image-blur": "radius", "word-dropout": "p"}[name]
+    needed = {"audio-noise": "snr_db", "image-blur": "radius", "word-dropout": "p", "synonyms": "p"}[name]
     if set(params) != {needed}:
         raise ConfigError(f"corruption {name!r} takes exactly one parameter, {needed}=..., got {sorted(params)}.")
     value = params[needed]
@@ -119,5 +170,6 @@ def get_corruption(name: str, **params: Any) -> Callable[[Any, int], Any]:
     if name == "image-blur":
         non_negative(value, "radius")
         return lambda item, seed: gaussian_blur(item, value)
-    word_dropout("", value)  # validates p
-    return lambda item, seed: word_dropout(item, value, seed)
+    text_fn = word_dropout if name == "word-dropout" else synonym_substitution
+    text_fn("", value)  # validates p
+    return lambda item, seed: text_fn(item, value, seed)
