@@ -8,7 +8,7 @@ tensors or NumPy arrays of shape ``(N, d)``. Kernel quantities whose value is am
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -223,6 +223,45 @@ def mean_sim_at_k(x: Array, k: int, reference: Array | None = None, block_size: 
     MeanSim@1 = Δ_deg. Raises ConfigError when k exceeds the neighbours available to a row.
     """
     return _mean_topk_cosine(x, k, reference, block_size)
+
+
+@torch.no_grad()
+def similarity_measures(
+    x: Array, reference: Array | None = None, ks: Sequence[int] = (1, 10), block_size: int = 4096
+) -> dict[str, float]:
+    """The similarity measures of InvGC's Tables 1–2, in one blocked pass over x (memory ``block_size × N_ref``):
+
+        MeanSim   = mean of cos(x_i, r_j) over all pairs (i, j) but the excluded ones
+        MeanSim@k = (1/N) Σ_i (1/k) Σ_{j ∈ top-k_i} cos(x_i, r_j)          (MeanSim@1 = Δ_deg, Eq. 2)
+
+    r = x itself (Table 1: within the gallery; a row is not its own neighbour), or ``reference`` (Table 2: the
+    gallery against the query set; when both have N rows, row i is i's pair and is excluded, as in the paper).
+    Each k is capped at the neighbours a row has; returns {"MeanSim": …, "MeanSim@k": …}."""
+    integer(block_size, "block_size")
+    xs = unit(as_embeddings(x, name="x", min_batch=1), name="x")
+    ref = xs if reference is None else unit(as_embeddings(reference, name="reference", min_batch=1), name="reference")
+    _same_dim({"x": xs, "reference": ref})
+    ref = ref.to(xs.dtype)
+    exclude = reference is None or ref.shape[0] == xs.shape[0]
+    available = ref.shape[0] - (1 if exclude else 0)
+    if available < 1:
+        raise ConfigError("similarity measures need at least one pair that is not excluded; give more rows.")
+    caps = sorted({min(integer(k, "k"), available) for k in ks})
+    total, tops = 0.0, dict.fromkeys(caps, 0.0)
+    for start in range(0, xs.shape[0], block_size):
+        sims = (xs[start : start + block_size] @ ref.mT).double()
+        if exclude:
+            rows = torch.arange(sims.shape[0], device=sims.device)
+            total += float(sims.sum() - sims[rows, rows + start].sum())
+            sims[rows, rows + start] = float("-inf")
+        else:
+            total += float(sims.sum())
+        top = sims.topk(caps[-1], dim=1).values
+        for k in caps:
+            tops[k] += float(top[:, :k].sum())
+    out = {"MeanSim": total / (xs.shape[0] * available)}
+    out.update({f"MeanSim@{k}": value / (xs.shape[0] * k) for k, value in tops.items()})
+    return out
 
 
 def _median_pairwise_distance(z: torch.Tensor) -> torch.Tensor:

@@ -68,3 +68,24 @@ def test_a_rerun_resumes_and_bad_options_exit_2(world, embedded, capsys):
     assert features["encoded_now"] == {"image": 0, "text": 0, "audio": 0}
     assert main(["embed", str(world["manifest"]), "--preset", "mini", "--out", str(embedded.with_suffix(".pt"))]) == 2
     assert "must end in .safetensors" in capsys.readouterr().err
+
+
+def test_heads_from_the_command_line_on_the_mini_worlds_embeddings(world, embedded, tmp_path):
+    """embed → retrieve train-head (GARE, GraviAlign) → search --rerank → eval --head, offline, manifest ids."""
+    base = ["retrieve", "train-head", "--embeddings", str(embedded), "--query", "text", "--gallery", "image"]
+    for kind in ("gare", "gravi"):
+        assert main([*base, "--head", kind, "--out", str(tmp_path / kind), "--epochs", "2"]) == 0
+    index = tmp_path / "image.index"
+    assert main(["retrieve", "index", "--embeddings", str(embedded), "--modality", "image", "--out", str(index)]) == 0
+    ids = read_embedding_ids(embedded)
+    for kind in ("gare", "gravi"):
+        out = tmp_path / f"{kind}.json"
+        argv = ["retrieve", "search", "--index", str(index), "--queries", str(embedded), "--modality", "text"]
+        assert main([*argv, "--k", "2", "--rerank", kind, "--head", str(tmp_path / kind), "--out", str(out)]) == 0
+        results = json.loads(out.read_text())["results"]
+        assert [r["query"] for r in results] == ids and all(set(r["ids"]) <= set(ids) for r in results)
+    argv = ["retrieve", "eval", "--embeddings", str(embedded), "--query", "text", "--gallery", "image"]
+    heads = ["--head", str(tmp_path / "gare"), "--head", str(tmp_path / "gravi")]
+    assert main([*argv, *heads, "--out", str(tmp_path / "eval")]) == 0
+    methods = json.loads((tmp_path / "eval" / "retrieval.json").read_text())["methods"]
+    assert {"GARE", "GARE two-stage", "GraviAlign", "GraviAlign two-stage"} <= set(methods)

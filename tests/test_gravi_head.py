@@ -179,8 +179,8 @@ def test_bad_inputs_raise_clear_errors():
         head.score(torch.randn(2, 4).double(), torch.randn(2, 4).double())
     with pytest.raises(EmbeddingError, match="NaN/inf"):
         head.score(torch.full((2, 5), float("nan")).double(), torch.randn(2, 4).double())
-    with pytest.raises(ConfigError, match="drop tokens"):
-        head.training_loss(torch.randn(2, 5).double(), torch.randn(2, 4).double(), tokens=torch.zeros(2, 1, 4))
+    with pytest.raises(ConfigError, match="drop frame_mask"):
+        head.training_loss(torch.randn(2, 5).double(), torch.randn(2, 4).double(), frame_mask=torch.ones(2, 1).bool())
     with pytest.raises(ConfigError, match="side"):
         head.encode(torch.randn(2, 5), "video")
     with pytest.raises(EmbeddingError, match="shape \\(B, d\\)"):

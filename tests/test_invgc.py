@@ -11,14 +11,7 @@ import torch
 
 from gen_align.diagnostics import degeneration_score, mean_sim_at_k
 from gen_align.errors import ConfigError, EmbeddingError
-from gen_align.retrieval.invgc import (
-    POSTPROCESSING,
-    compare_postprocessing,
-    degeneration_change,
-    invgc,
-    neighbour_count,
-    tune_invgc,
-)
+from gen_align.retrieval.invgc import degeneration_change, invgc, neighbour_count, tune_invgc
 from gen_align.retrieval.metrics import retrieval_metrics
 
 
@@ -111,30 +104,6 @@ def test_tune_invgc_matches_a_brute_force_grid(data):
     assert min(row[0] + row[1] for row in brute if row[2] == best) == tuned["r_g"] + tuned["r_q"]
     assert tuned["baseline_R@1"] == brute[0][2] <= tuned["R@1"]
     assert tuned["at_grid_max"] == (1.0 in (tuned["r_g"], tuned["r_q"]))
-
-
-def test_compare_postprocessing_with_fixed_rates_equals_invgc(data):
-    report = compare_postprocessing(
-        data["query"], data["gallery"], data["train_query"], data["train_gallery"], rates=(0.2, 0.3), k_percent=5
-    )
-    assert list(report) == list(POSTPROCESSING)
-    q, g = (torch.from_numpy(normalise(data[m].numpy())) for m in ("query", "gallery"))
-    assert report["cosine"]["metrics"] == pytest.approx(retrieval_metrics(q @ g.T))
-    processed = invgc(data["gallery"], data["train_gallery"], data["train_query"], 0.2, 0.3, "full")
-    assert report["+InvGC"]["metrics"] == pytest.approx(retrieval_metrics(q @ processed.T))
-    assert report["+InvGC"]["gallery"]["degeneration"] == pytest.approx(degeneration_score(processed))
-
-
-def test_compare_postprocessing_tunes_on_a_validation_split(data):
-    report = compare_postprocessing(
-        data["query"], data["gallery"], data["train_query"], data["train_gallery"], val_size=40, grid=(0.0, 0.5)
-    )
-    for name in ("+AvgPool", "+InvGC", "+InvGC w/ LocalAdj"):
-        assert report[name]["tuning"]["val_size"] == 40
-        assert report[name]["tuning"]["R@1"] >= report[name]["tuning"]["baseline_R@1"]
-        assert report[name]["r_g"] in (0.0, 0.5) and report[name]["r_q"] in (0.0, 0.5)
-    with pytest.raises(ConfigError, match="val_size"):
-        compare_postprocessing(data["query"], data["gallery"], data["train_query"], data["train_gallery"], val_size=200)
 
 
 @pytest.mark.parametrize(

@@ -77,11 +77,23 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "retrieve index": ("gen-align retrieve index --embeddings emb.safetensors --modality image --out image.index",),
     "retrieve search": (
         "gen-align retrieve search --index image.index --queries emb.safetensors --modality text --k 5",
+        "gen-align retrieve search --index image.index --queries emb.safetensors --modality text --rerank gare "
+        "--head heads/gare --candidates 100",
+        "gen-align retrieve search --index image.index --queries emb.safetensors --modality text --rerank invgc "
+        "--train-embeddings train.safetensors",
+    ),
+    "retrieve train-head": (
+        "gen-align retrieve train-head --head gare --embeddings train.safetensors --query text --gallery image "
+        "--out heads/gare",
+        "gen-align retrieve train-head --head gravi --embeddings train.safetensors --query audio --gallery image "
+        "--out heads/gravi --epochs 20 --set kind=linear",
     ),
     "retrieve eval": (
         "gen-align retrieve eval --embeddings emb.safetensors --query audio --gallery image",
         "gen-align retrieve eval --embeddings test.safetensors --train-embeddings train.safetensors --query text "
         "--gallery image",
+        "gen-align retrieve eval --embeddings test.safetensors --query text --gallery image --head heads/gare "
+        "--head heads/gravi",
     ),
     "train": (
         "gen-align train --features cache/train --out runs/unialign --objective unialign",
@@ -95,8 +107,12 @@ DESCRIPTIONS: dict[str, str] = {
     "paper equation each implements (--json: the same as JSON).",
     "retrieve index": "Build a FAISS index (exact, or IVF for large galleries) over one modality's L2-normalised "
     "embeddings of a safetensors file; the index records its source file.",
-    "retrieve search": "Search an index with every row of one modality of a safetensors file; prints (or writes with "
-    "--out) the top-k gallery rows and cosine scores per query as JSON.",
+    "retrieve search": "Search an index with every row of one modality of a safetensors file; writes the top-k gallery "
+    "ids (the manifest ids of a `gen-align embed` file) and scores per query as JSON. --rerank re-scores the index's "
+    "top --candidates with a GARE or GraviAlign head, GRAM's volume, or InvGC (a two-stage search).",
+    "retrieve train-head": "Train a GARE (pair-specific increments; gare.txt) or GraviAlign (Gaussian) retrieval head "
+    "on the paired rows of an embeddings file; resumable from its --out folder, used by `retrieve search --rerank` and "
+    "`retrieve eval --head`.",
     "mini build": "Write the procedural mini world: images, audio clips and captions of items with known attributes, "
     "and the train/test JSONL manifests (resumable; deterministic per seed).",
     "mini train": "Train every mini-world model from scratch in resumable, recipe-keyed stages (world, towers, "

@@ -3,8 +3,9 @@ function re-ranks them.
 
 Index kinds: ``"flat"`` (``IndexFlatIP``, exact) and ``"ivf"`` (``IndexIVFFlat`` with inner product; ``nlist``
 k-means cells, ``nprobe`` of them visited per query). An index is saved as a directory holding
-``index.faiss`` and ``index.json`` (format version, kind, dim, count, nlist/nprobe, ids, the sha256 of the
-gallery as given and of the index file, which is checked on load).
+``index.faiss`` and ``index.json`` (format version, kind, dim, count, nlist/nprobe, ids, the rows' norms (the index
+holds unit rows; re-rankers such as GARE read the original lengths), the sha256 of the gallery as given and of the
+index file, which is checked on load).
 
 Rescoring functions take ``(rows, candidates)`` — a (c,) LongTensor of query positions and the (c, K)
 LongTensor of candidate gallery positions — and return (c, K) scores (higher = better); see
@@ -133,6 +134,9 @@ class AnnIndex:
         index.add(vectors)
         meta["ids"] = ids
         meta["gallery_sha256"] = gallery_sha256(gallery)
+        # the rows' lengths, for re-rankers that read unnormalised embeddings (GARE, GraviAlign)
+        raw = as_embeddings(gallery, "gallery").detach().double().cpu()
+        meta["norms"] = torch.linalg.vector_norm(raw, dim=1).tolist()
         return cls(index, meta)
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -205,6 +209,17 @@ class AnnIndex:
         if self.kind == "ivf":
             faiss.extract_index_ivf(self.index).make_direct_map()
         return torch.from_numpy(self.index.reconstruct_n(0, self.count))
+
+    def embeddings(self) -> torch.Tensor:
+        """The gallery rows at their original lengths (N, d), float32: :meth:`vectors` times the norms recorded
+        at build time (equal to the indexed embeddings up to float32 rounding)."""
+        norms = self.meta.get("norms")
+        if not isinstance(norms, list) or len(norms) != self.count:
+            raise InputFileError(
+                "this index records no embedding norms (it was built by an older gen-align); rebuild it with "
+                "`gen-align retrieve index` to re-rank with a head."
+            )
+        return self.vectors() * torch.tensor(norms, dtype=torch.float32).unsqueeze(1)
 
     def ids_of(self, positions: torch.Tensor) -> list[list]:
         """Gallery ids of a (Q, k) position matrix (None where the position is −1)."""

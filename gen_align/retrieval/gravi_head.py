@@ -24,7 +24,7 @@ from gen_align.checks import choice, integer, positive
 from gen_align.errors import ConfigError, EmbeddingError
 from gen_align.heads import HEAD_KINDS, HeadConfig, ProjectionHead
 from gen_align.objectives.gravi import gravi_score
-from gen_align.retrieval.head_training import RetrievalHead
+from gen_align.retrieval.head_training import RetrievalHead, check_candidates
 from gen_align.tensors import as_embeddings
 
 __all__ = ["GraviAlignConfig", "GaussianHead", "GraviAlignHead"]
@@ -168,19 +168,34 @@ class GraviAlignHead(RetrievalHead):
         """
         return self(queries, gallery)
 
+    @torch.no_grad()
+    def rerank(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        gallery: torch.Tensor | np.ndarray,
+        candidates: torch.Tensor | np.ndarray,
+    ) -> torch.Tensor:
+        """Scores (Nq, K) of each query's K candidate gallery items (``candidates``: (Nq, K) gallery indices), the
+        gallery's Gaussians computed once; column k scores ``candidates[:, k]``."""
+        mu_q, var_q = self.encode(queries, "query")
+        mu_g, var_g = self.encode(gallery, "gallery")
+        candidates = check_candidates(candidates, mu_q.shape[0], mu_g.shape[0]).to(mu_g.device)
+        rows = [
+            gravi_score(mu_q[i : i + 1], var_q[i : i + 1], mu_g[c], var_g[c], temperature=self.config.temperature)
+            for i, c in enumerate(candidates)
+        ]
+        return torch.cat(rows)
+
     def training_loss(
         self,
         queries: torch.Tensor,
         gallery: torch.Tensor,
-        tokens: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """½ [CE(S, diag) + CE(Sᵀ, diag)] over S = gravi_score on one batch of B paired rows."""
-        if tokens is not None or token_mask is not None:
-            raise ConfigError(
-                "GraviAlign heads score clip-level embeddings only; drop tokens=/token_mask= (GARE uses tokens)."
-            )
+        if frame_mask is not None:
+            raise ConfigError("GraviAlign heads score clip-level embeddings only; drop frame_mask= (GARE uses frames).")
         scores = self(queries, gallery)
         b = scores.shape[0]
         if scores.shape[1] != b or b < 2:

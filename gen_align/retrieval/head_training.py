@@ -30,12 +30,19 @@ import torch
 from torch import nn
 
 from gen_align.checks import integer, non_negative, positive
-from gen_align.errors import CheckpointError, ConfigError, EmbeddingError
+from gen_align.errors import CheckpointError, ConfigError, EmbeddingError, InputDataError
 from gen_align.module_checkpoint import CONFIG_NAME, read_module_config, read_module_weights, save_module
 from gen_align.tensors import as_embeddings
 from gen_align.train.engine import Engine, OptimizerSettings, settings_identity
 
-__all__ = ["RetrievalHead", "HeadTrainingHistory", "train_head", "load_head", "RETRIEVAL_HEAD_KINDS"]
+__all__ = [
+    "RetrievalHead",
+    "HeadTrainingHistory",
+    "train_head",
+    "load_head",
+    "check_candidates",
+    "RETRIEVAL_HEAD_KINDS",
+]
 
 FORMAT = "gen-align-retrieval-head"
 _FIX = "re-save the head with head.save_pretrained(directory)"
@@ -52,6 +59,7 @@ class RetrievalHead(nn.Module, abc.ABC):
 
     kind: ClassVar[str]
     config_class: ClassVar[type]
+    accepts_frames: ClassVar[bool] = False  # the gallery may be (N, f, d) frames (GARE)
     config: Any
 
     @abc.abstractmethod
@@ -59,11 +67,16 @@ class RetrievalHead(nn.Module, abc.ABC):
         self,
         queries: torch.Tensor,
         gallery: torch.Tensor,
-        tokens: torch.Tensor | None = None,
-        token_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss, {term: value}) on a batch of B paired rows (row i of ``queries`` matches row i of ``gallery``)."""
+        """(loss, {term: value}) on a batch of B paired rows (row i of ``queries`` matches row i of ``gallery``;
+        ``gallery`` (B, f, d) frames with a (B, f) ``frame_mask`` for heads that accept frames)."""
+
+    def after_step(self) -> dict[str, float]:
+        """Diagnostics of the optimiser step just taken on the last :meth:`training_loss` batch (added to the
+        training history's per-epoch terms); none by default."""
+        return {}
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -123,6 +136,24 @@ def load_head(directory: str | os.PathLike, *, device: str | torch.device | None
     return RetrievalHead.from_pretrained(directory, device=device)
 
 
+def check_candidates(candidates: torch.Tensor | np.ndarray, num_queries: int, num_gallery: int) -> torch.Tensor:
+    """``candidates`` as a (num_queries, K) LongTensor of gallery indices, or :class:`InputDataError`."""
+    candidates = torch.as_tensor(candidates)
+    if candidates.ndim != 2 or candidates.shape[0] != num_queries or candidates.shape[1] == 0:
+        raise InputDataError(
+            f"candidates: expected a ({num_queries}, K) array of gallery indices (one row per query, K ≥ 1), "
+            f"got shape {tuple(candidates.shape)}; e.g. cosine_scores(q, g).topk(K).indices."
+        )
+    if candidates.is_floating_point() or candidates.dtype == torch.bool or candidates.is_complex():
+        raise InputDataError(f"candidates: expected integer gallery indices, got dtype {candidates.dtype}.")
+    if bool((candidates < 0).any()) or bool((candidates >= num_gallery).any()):
+        raise InputDataError(
+            f"candidates: indices must lie in [0, {num_gallery}) (the gallery has {num_gallery} items), got "
+            f"min {int(candidates.min())}, max {int(candidates.max())}."
+        )
+    return candidates.long()
+
+
 # ------------------------------------------------------------------------------------------- training
 @dataclass
 class HeadTrainingHistory:
@@ -154,7 +185,16 @@ def _paired_features(
             "set to your modality names."
         )
     queries = as_embeddings(features[q_name], f"features[{q_name!r}]", min_batch=2)
-    gallery = as_embeddings(features[g_name], f"features[{g_name!r}]", min_batch=2)
+    raw_gallery = features[g_name]
+    if head.accepts_frames and isinstance(raw_gallery, (torch.Tensor, np.ndarray)) and raw_gallery.ndim == 3:
+        gallery = torch.as_tensor(raw_gallery)  # (N, f, d) frames
+        if not gallery.is_floating_point() or gallery.shape[0] < 2:
+            raise EmbeddingError(
+                f"features[{g_name!r}]: expected floating-point (N, f, d) frames with N ≥ 2, got {gallery.dtype} "
+                f"of shape {tuple(gallery.shape)}."
+            )
+    else:
+        gallery = as_embeddings(features[g_name], f"features[{g_name!r}]", min_batch=2)
     if queries.shape[0] != gallery.shape[0]:
         raise EmbeddingError(
             f"features: {queries.shape[0]} {q_name} rows but {gallery.shape[0]} {g_name} rows; row i of each must "
@@ -170,8 +210,7 @@ def train_head(
     head: RetrievalHead,
     features: Mapping[str, torch.Tensor | np.ndarray],
     *,
-    tokens: torch.Tensor | np.ndarray | None = None,
-    token_mask: torch.Tensor | np.ndarray | None = None,
+    frame_mask: torch.Tensor | np.ndarray | None = None,
     epochs: int = 10,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -184,8 +223,8 @@ def train_head(
     """Train ``head`` in place with AdamW on paired cached embeddings; returns the history (head left in eval mode).
 
     Each epoch draws a seeded permutation and splits it into ceil(N / batch_size) batches of near-equal
-    size (never a tiny last batch; at least 2 pairs each). ``tokens`` (N, L, d_tok) and ``token_mask``
-    (N, L, True = real token) are the gallery items' token features, for heads that use them (GARE).
+    size (never a tiny last batch; at least 2 pairs each). For heads that accept frames (GARE) the gallery
+    entry of ``features`` may be (N, f, d) frames, with ``frame_mask`` (N, f, True = a real frame).
     ``seed`` fixes the shuffles and the heads' sampling noise; the initial weights are fixed by the seed in
     force when the head was built.
     ``max_grad_norm`` clips the global gradient norm (None: no clipping). ``device``: default the head's.
@@ -214,17 +253,18 @@ def train_head(
     dtype = next(head.parameters()).dtype
     head.to(device)
     queries, gallery = queries.to(device=device, dtype=dtype), gallery.to(device=device, dtype=dtype)
-    if tokens is not None:
-        tokens = torch.as_tensor(tokens)
-        if tokens.ndim != 3 or tokens.shape[0] != n:
-            raise EmbeddingError(
-                f"tokens: expected shape ({n}, L, d_tok), L token features per gallery item; got {tuple(tokens.shape)}."
+    if frame_mask is not None:
+        if gallery.ndim != 3:
+            raise ConfigError(
+                "frame_mask given with (N, d) gallery embeddings; it applies to (N, f, d) frames — pass the "
+                f"frames as features[{head.config.gallery_modality!r}], or drop frame_mask."
             )
-        tokens = tokens.to(device=device, dtype=dtype) if tokens.is_floating_point() else tokens.to(device)
-    if token_mask is not None:
-        if tokens is None:
-            raise ConfigError("token_mask given without tokens; pass tokens=(N, L, d_tok) too, or drop token_mask.")
-        token_mask = torch.as_tensor(token_mask).to(device)
+        frame_mask = torch.as_tensor(frame_mask).to(device)
+        if tuple(frame_mask.shape) != tuple(gallery.shape[:2]):
+            raise EmbeddingError(
+                f"frame_mask: expected shape {tuple(gallery.shape[:2])} (one flag per gallery frame), got "
+                f"{tuple(frame_mask.shape)}."
+            )
     order_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     n_batches = max(1, min(math.ceil(n / batch_size), n // 2))  # every batch keeps ≥ 2 pairs
@@ -255,13 +295,12 @@ def train_head(
                 loss, logs = head.training_loss(
                     queries[idx],
                     gallery[idx],
-                    tokens=None if tokens is None else tokens[idx],
-                    token_mask=None if token_mask is None else token_mask[idx],
+                    frame_mask=None if frame_mask is None else frame_mask[idx],
                     generator=noise_gen,
                 )
                 engine.update(loss)
                 total += float(loss.detach())
-                for k, v in logs.items():
+                for k, v in (logs | head.after_step()).items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             history.steps = engine.step
             history.loss.append(total / n_batches)

@@ -48,8 +48,6 @@ __all__ = [
     "invgc",
     "tune_invgc",
     "degeneration_change",
-    "POSTPROCESSING",
-    "compare_postprocessing",
 ]
 
 ADJACENCIES = ("full", "local", "avgpool")
@@ -68,7 +66,7 @@ def neighbour_count(num_bank: int, k_percent: float) -> int:
     return max(1, math.floor(k_percent * num_bank / 100 + 1e-9))
 
 
-def _check_rate(r: float, name: str) -> float:
+def check_rate(r: float, name: str) -> float:
     return non_negative(r, name, "It is the InvGC propagation rate; 0 leaves the gallery unchanged, try 0.01–1.")
 
 
@@ -202,7 +200,7 @@ def invgc(
         >>> invgc(gallery, bank, bank, r_g=0.5, r_q=0.5, adjacency="local", k_percent=10).shape
         torch.Size([5, 8])
     """
-    r_g, r_q = _check_rate(r_g, "r_g"), _check_rate(r_q, "r_q")
+    r_g, r_q = check_rate(r_g, "r_g"), check_rate(r_q, "r_q")
     _settings(adjacency, backend, block_size)
     x, banks = _prepare(gallery, {"train_gallery": train_gallery, "train_query": train_query})
     m_g, m_q = (
@@ -262,7 +260,7 @@ def tune_invgc(
         True
     """
     _settings(adjacency, backend, block_size)
-    rates = [_check_rate(r, "grid value") for r in grid]
+    rates = [check_rate(r, "grid value") for r in grid]
     if not rates:
         raise ConfigError("grid must hold at least one propagation rate, e.g. (0, 0.1, 0.5).")
     q = unit(as_embeddings(query, "query"), "query")
@@ -306,96 +304,4 @@ def degeneration_change(
     for name, z in (("before", before), ("after", after)):
         out["degeneration"][name] = degeneration_score(z, block_size=block_size)
         out[f"mean_sim@{k}"][name] = mean_sim_at_k(z, k, block_size=block_size)
-    return out
-
-
-# Rows of the comparison table (InvGC paper, Tables 1–2): name → adjacency (None = plain cosine).
-POSTPROCESSING = {"cosine": None, "+AvgPool": "avgpool", "+InvGC": "full", "+InvGC w/ LocalAdj": "local"}
-
-
-@torch.no_grad()
-def compare_postprocessing(
-    query: torch.Tensor | np.ndarray,
-    gallery: torch.Tensor | np.ndarray,
-    train_query: torch.Tensor | np.ndarray | None = None,
-    train_gallery: torch.Tensor | np.ndarray | None = None,
-    *,
-    k_percent: float = 1.0,
-    rates: tuple[float, float] | None = None,
-    val_size: int | None = None,
-    seed: int = 0,
-    grid: Sequence[float] = DEFAULT_R_GRID,
-    backend: str = "blocked",
-    block_size: int = 4096,
-    chunk_size: int = 1024,
-) -> dict[str, dict[str, Any]]:
-    """Metrics of paired retrieval ``query[i]`` → ``gallery[i]`` by cosine, and by cosine against the gallery
-    post-processed with each method of :data:`POSTPROCESSING` (needs the paired train banks).
-
-    (r_g, r_q) = ``rates`` for every method, or tuned per method with :func:`tune_invgc` on a validation split:
-    ``val_size`` train pairs drawn with ``seed`` (default min(1000, N_train // 5)) act as validation queries
-    and gallery, the other train pairs as banks; the final gallery is then processed against all train pairs.
-    Every entry also reports ``gallery``: Δ_deg (InvGC Eq. 2) and MeanSim@k (k = min(10, N − 1)) of the
-    (processed) gallery within itself, from ``gen_align.diagnostics``.
-    """
-    q = unit(as_embeddings(query, "query"), "query").detach()
-    g = unit(as_embeddings(gallery, "gallery"), "gallery").detach().to(q.dtype)
-    if q.shape[1] != g.shape[1]:
-        raise EmbeddingError(f"query dimension {q.shape[1]} differs from gallery dimension {g.shape[1]}.")
-
-    def evaluate(processed: torch.Tensor) -> dict[str, float]:
-        processed = processed.to(q.dtype)
-        rows_fn = lambda rows: q[rows] @ processed.mT  # noqa: E731
-        return retrieval_metrics(rows_fn, None, num_queries=q.shape[0], chunk_size=chunk_size)
-
-    k_sim = min(10, g.shape[0] - 1)
-
-    def geometry(z: torch.Tensor) -> dict[str, float]:
-        if k_sim < 1:
-            return {}
-        return {
-            "degeneration": degeneration_score(z, block_size=block_size),
-            "mean_sim@k": mean_sim_at_k(z, k_sim, block_size=block_size),
-        }
-
-    before = geometry(g)
-    out: dict[str, dict[str, Any]] = {"cosine": {"metrics": evaluate(g), "gallery": before, "mean_sim_k": k_sim}}
-    if train_query is None or train_gallery is None:
-        return out
-    tq = as_embeddings(train_query, "train_query")
-    tg = as_embeddings(train_gallery, "train_gallery")
-    if tq.shape[0] != tg.shape[0]:
-        raise EmbeddingError(
-            f"train_query ({tq.shape[0]} rows) and train_gallery ({tg.shape[0]} rows) must be paired row by row."
-        )
-    if rates is not None:
-        rates = (_check_rate(rates[0], "r_g"), _check_rate(rates[1], "r_q"))
-    else:
-        n_val = min(1000, tq.shape[0] // 5) if val_size is None else integer(val_size, "val_size")
-        if n_val < 1 or n_val >= tq.shape[0]:
-            raise ConfigError(
-                f"the validation split needs 1 ≤ val_size < N_train = {tq.shape[0]} train pairs, got {n_val}; "
-                "give more train pairs or explicit rates (r_g, r_q)."
-            )
-        order = torch.randperm(tq.shape[0], generator=torch.Generator().manual_seed(seed))
-        val, bank = order[:n_val], order[n_val:]
-    for name, adjacency in POSTPROCESSING.items():
-        if adjacency is None:
-            continue
-        entry: dict[str, Any] = {"adjacency": adjacency}
-        if rates is None:
-            tuning = tune_invgc(
-                tq[val], tg[val], tg[bank], tq[bank], adjacency, k_percent,
-                grid=grid, backend=backend, block_size=block_size, chunk_size=chunk_size,
-            )  # fmt: skip
-            r_g, r_q = tuning["r_g"], tuning["r_q"]
-            keep = ("R@1", "baseline_R@1", "at_grid_max", "grid")
-            entry["tuning"] = {key: tuning[key] for key in keep} | {"val_size": n_val}
-        else:
-            r_g, r_q = rates
-        processed = invgc(g, tg, tq, r_g, r_q, adjacency, k_percent, backend=backend, block_size=block_size)
-        entry.update({"r_g": r_g, "r_q": r_q, "k_percent": k_percent if adjacency != "full" else None})
-        entry["metrics"] = evaluate(processed)
-        entry["gallery"] = geometry(processed)
-        out[name] = entry
     return out
