@@ -1,8 +1,10 @@
 """Scale of the retrieval code on the CPU, measured side by side in one run:
 
-1. InvGC w/ LocalAdj (k = 1 % of the bank, d = 512): the blocked torch path and the FAISS kNN path at
-   N = N_train = 50 000, against the dense layout of the published implementation (the whole N × N_train
-   weight matrix) at the largest N it comfortably fits, 10 000 (where all three run, and must agree).
+1. InvGC w/ LocalAdj (k = 1 % of the bank, d = 512): the blocked torch path, the FAISS kNN path and ``auto``
+   (the default, FAISS in float32) at N = N_train = 50 000, against the GEMM floor (the two N × N_train × d
+   similarity products alone, in the same 4096-row blocks into one preallocated buffer) and against the dense
+   layout of the published implementation (the whole N × N_train weight matrix) at the largest N it comfortably
+   fits, 10 000 (where all of them run, and must agree).
 2. Retrieval metrics on a 20 000 × 20 000 cosine matrix: the chunked rank counting (on the matrix, and on a
    callable that never materialises it) against a full-sort reference written here (argsort of every row).
 
@@ -63,6 +65,17 @@ def invgc_inputs(n: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return tuple(torch.randn(n, dim, generator=g) for _ in range(3))
 
 
+def gemm_floor(gallery: torch.Tensor, banks: tuple[torch.Tensor, ...], block: int = 4096) -> torch.Tensor:
+    """The two similarity products LocalAdj needs and nothing else: unit rows, 4096-row blocks, one buffer."""
+    x = gallery / gallery.norm(dim=1, keepdim=True)
+    buffer = torch.empty(min(block, x.shape[0]), banks[0].shape[0])
+    for bank in banks:
+        b = bank / bank.norm(dim=1, keepdim=True)
+        for s in range(0, x.shape[0], block):
+            torch.matmul(x[s : s + block], b.T, out=buffer[: min(block, x.shape[0] - s)])
+    return x
+
+
 def run_invgc_case(backend: str, n: int, dim: int, repeats: int, save: str | None) -> dict:
     from gen_align.retrieval.invgc import invgc
 
@@ -71,7 +84,10 @@ def run_invgc_case(backend: str, n: int, dim: int, repeats: int, save: str | Non
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = invgc(gallery, train_gallery, train_query, *RATES, "local", K_PERCENT, backend=backend)
+        if backend == "floor":
+            out = gemm_floor(gallery, (train_gallery, train_query))
+        else:
+            out = invgc(gallery, train_gallery, train_query, *RATES, "local", K_PERCENT, backend=backend)
         times.append(time.perf_counter() - start)
     if save:
         np.save(save, out.numpy())
@@ -180,7 +196,8 @@ def main() -> None:
     )
     results: dict = {"invgc": {}, "metrics": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [("dense", args.small), ("blocked", args.small), ("faiss", args.small), ("blocked", args.large)]
+        cases = [("dense", args.small), ("blocked", args.small), ("faiss", args.small), ("auto", args.small)]
+        cases += [("floor", args.large), ("blocked", args.large), ("auto", args.large)]
         if not args.skip_faiss_large:
             cases.append(("faiss", args.large))
         saved = {}
@@ -194,6 +211,7 @@ def main() -> None:
         agree = {
             "blocked vs dense @small": max_abs_diff(saved[("blocked", args.small)], saved[("dense", args.small)]),
             "faiss vs dense @small": max_abs_diff(saved[("faiss", args.small)], saved[("dense", args.small)]),
+            "auto vs dense @small": max_abs_diff(saved[("auto", args.small)], saved[("dense", args.small)]),
         }
         if ("faiss", args.large) in saved:
             agree["faiss vs blocked @large"] = max_abs_diff(
@@ -213,6 +231,12 @@ def main() -> None:
 
     inv = results["invgc"]
     dense, small_blocked = inv[f"dense@{args.small}"], inv[f"blocked@{args.small}"]
+    floor = inv[f"floor@{args.large}"]["time_s"]
+    print(f"\nInvGC w/ LocalAdj at N = N_train = {args.large} against the GEMM floor (the two products alone)")
+    for name in ("blocked", "auto", "faiss"):
+        if f"{name}@{args.large}" in inv:
+            r = inv[f"{name}@{args.large}"]["time_s"]
+            print(f"  {name:<8} {r:8.2f} s  x floor {r / floor:5.2f}   (floor {floor:.2f} s)")
     print(f"\nInvGC w/ LocalAdj (N = N_train, d = {args.dim}); ratios vs dense @ N = {args.small}")
     print(f"{'path':<22}{'time s':>10}{'x dense':>10}{'peak MB':>10}{'x dense':>10}")
     for name, r in inv.items():

@@ -78,7 +78,35 @@ def test_a_changed_head_recipe_retrains_the_heads_instead_of_reusing_them(smoke_
     MiniBuild(work, recipe, progress=False).run(("heads",))
     assert len(json.loads(summary.read_text())["history"]) == 3  # trained again for 2 epochs, not reused
     marker = json.loads((summary.parent / "recipe.json").read_text())
-    assert marker["hash"] == json.loads((work / "stages.json").read_text())["heads"]["hash"]
+    stage_hash = json.loads((work / "stages.json").read_text())["heads"]["hash"]
+    assert marker["hash"] != stage_hash  # a head folder's key leaves out how τ is chosen among the folders
+    trained = json.loads(summary.read_text())
+    # another selection rule redoes the stage's choice of τ, not the training of the heads it chooses among
+    MiniBuild(work, replace(recipe, tau_selection="r1"), progress=False).run(("heads",))
+    assert json.loads(summary.read_text()) == trained
+    assert json.loads(paths.selection("infonce").read_text())["criterion"].startswith("mean validation R@1")
+    assert json.loads((work / "stages.json").read_text())["heads"]["hash"] != stage_hash
+
+
+def test_tau_selection_rules():
+    from gen_align.mini.recipes.build import select_tau
+
+    def metrics(t2i, a2i, gap_audio, gap_text):
+        return {"R@1/text->image": t2i, "R@1/audio->image": a2i, "gap/audio-image": gap_audio,
+                "gap/image-text": gap_text, "gap/audio-text": 9.0}  # fmt: skip
+
+    validation = {0.07: metrics(0.10, 0.10, 0.01, 0.01), 0.5: metrics(0.35, 0.35, 0.05, 0.04),
+                  1.0: metrics(0.34, 0.34, 0.03, 0.03), 2.0: metrics(0.20, 0.20, 0.0, 0.0)}  # fmt: skip
+    best, record = select_tau(validation, 512, "r1")
+    assert best == 0.5 and record["validation"]["0.5"] == pytest.approx(0.35)
+    best, record = select_tau(validation, 512, "r1-then-gap")
+    tolerance = 2 * (0.35 * 0.65 / 1024) ** 0.5  # 2 standard errors of a mean of two R@1 over 512 items
+    assert record["tolerance"] == pytest.approx(tolerance)
+    assert best == 1.0 and set(record["gap"]) == {"0.5", "1"}  # 0.34 is within 0.030 of 0.35; 0.20 is not
+    assert record["gap"]["1"] == pytest.approx(0.03)  # audio–image and image–text; audio–text is not the anchor's
+    assert select_tau(validation, 100_000, "r1-then-gap")[0] == 0.5  # a tight tolerance keeps the best R@1
+    with pytest.raises(ConfigError, match="tau_selection"):
+        select_tau(validation, 512, "gap")
 
 
 def test_heads_exist_for_every_objective_and_use_the_cached_anchor_norm(smoke_run):

@@ -108,7 +108,7 @@ def compare_postprocessing(
     val_size: int | None = None,
     seed: int = 0,
     grid: Sequence[float] = DEFAULT_R_GRID,
-    backend: str = "blocked",
+    backend: str = "auto",
     block_size: int = 4096,
     chunk_size: int = 1024,
 ) -> dict[str, dict[str, Any]]:

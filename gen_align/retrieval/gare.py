@@ -7,7 +7,8 @@ Query t_i (d), gallery item j given as an embedding v_j (d) or as frames F_j (f_
     frames:     C_j = F_j + Enc(F_j + P)   the temporal transformer (CLIP4Clip's seqTransf: learned frame
                                            positions P, ``temporal_layers`` pre-LN self-attention layers, the
                                            frames' residual);   v_j = mean of C_j over the item's real frames
-    embedding:  C_j = [v_j]                one token: the attention weight is 1 and W_q has no effect; Δ still
+    embedding:  C_j = [v_j]                one token: the attention weight is 1 and W_q has no effect (the
+                                           attention output W_o W_v LN(v_j) is computed once per item); Δ still
                                            depends on the pair through the FFN, which reads g_ij + attention
     g_ij = o − r                           the gap, from the side r that receives Δ to the other side o
                                            (``delta_side="query"``: r = t_i, o = v_j, the paper's query v_j − t_i)
@@ -346,16 +347,19 @@ class GAREHead(RetrievalHead):
         t_pairs = t[:, None, :]
         gap = v - t_pairs if query_side else t_pairs - v  # (a, b, d)
         a, b = gap.shape[:2]
-        q = self.q_proj(self.query_norm(gap)).view(a, b, heads, e)
         ctx = self.context_norm(tokens)
-        shape = (*ctx.shape[:-1], heads, e)
-        keys, values = self.k_proj(ctx).view(shape), self.v_proj(ctx).view(shape)
-        shared = keys.ndim == 4
-        logits = torch.einsum("abhe,blhe->abhl" if shared else "abhe,ablhe->abhl", q, keys) / math.sqrt(e)
-        valid = mask[None, :, None, :] if shared else mask[:, :, None, :]
-        attn = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
-        attended = torch.einsum("abhl,blhe->abhe" if shared else "abhl,ablhe->abhe", attn, values)
-        delta = self.out_proj(attended.reshape(a, b, heads * e))
+        if tokens.shape[-2] == 1:  # one key: every attention weight is exactly 1, the output is its value
+            delta = self.out_proj(self.v_proj(ctx.squeeze(-2))).expand_as(gap)
+        else:
+            q = self.q_proj(self.query_norm(gap)).view(a, b, heads, e)
+            shape = (*ctx.shape[:-1], heads, e)
+            keys, values = self.k_proj(ctx).view(shape), self.v_proj(ctx).view(shape)
+            shared = keys.ndim == 4
+            logits = torch.einsum("abhe,blhe->abhl" if shared else "abhe,ablhe->abhl", q, keys) / math.sqrt(e)
+            valid = mask[None, :, None, :] if shared else mask[:, :, None, :]
+            attn = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
+            attended = torch.einsum("abhl,blhe->abhe" if shared else "abhl,ablhe->abhe", attn, values)
+            delta = self.out_proj(attended.reshape(a, b, heads * e))
         if c.ffn:
             delta = delta + self.ffn(self.ffn_norm(gap + delta))
         mu = logvar = None

@@ -19,6 +19,7 @@ resumable inside (the world generator, the feature cache, the trainer and :func:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gen_align.checks import choice
 from gen_align.data.cache import FeatureCache
 from gen_align.data.manifest import Manifest, read_manifest
 from gen_align.errors import ConfigError, InputFileError
@@ -41,9 +43,50 @@ from .towers import EMBEDDING_DIM, fbanks, pretrain_beats, pretrain_clip
 
 STAGES = ("world", "towers", "features", "heads", "ablations", "autoencoder", "decoder", "classifier")
 HEAD_FIELDS = tuple(f.name for f in fields(MiniRecipe) if f.name.startswith("head_"))
+SELECTION_FIELDS = ("tau_selection",)
+TAU_SELECTIONS = ("r1", "r1-then-gap")
 TOWER_FIELDS = ("clip", "clip_vision", "beats")
 AUTOENCODER_FIELDS = ("autoencoder", "autoencoder_arch")
 DECODER_FIELDS = (*AUTOENCODER_FIELDS, "decoder", "decoder_unet", "decoder_snr_gamma")
+
+
+def mean_r1(validation: dict[str, float]) -> float:
+    """The mean validation R@1 of text→image and audio→image."""
+    return (validation["R@1/text->image"] + validation["R@1/audio->image"]) / 2
+
+
+def mean_gap(validation: dict[str, float]) -> float:
+    """The mean validation modality gap (centroid distance) of every modality to the image anchor."""
+    gaps = [v for k, v in validation.items() if k.startswith("gap/") and "image" in k.split("/", 1)[1].split("-")]
+    return sum(gaps) / len(gaps)
+
+
+def select_tau(validation: dict[float, dict[str, float]], n_val: int, rule: str) -> tuple[float, dict[str, Any]]:
+    """The τ of ``rule`` among the candidates' validation metrics (seed 0) and what the selection records.
+
+    "r1": the best mean R@1 (ties: the smaller τ). "r1-then-gap": the candidates within 2 standard errors of that
+    best, SE = √(p(1 − p) / (2 n_val)) for the mean of two R@1 over n_val items, then the smallest mean modality
+    gap to the image anchor (ties: the better R@1)."""
+    choice(rule, "tau_selection", TAU_SELECTIONS)
+    r1 = {tau: mean_r1(v) for tau, v in validation.items()}
+    top = max(r1, key=lambda tau: (r1[tau], -tau))
+    record: dict[str, Any] = {"validation": {f"{t:g}": v for t, v in r1.items()}}
+    if rule == "r1":
+        return top, {"criterion": "mean validation R@1 text->image, audio->image (seed 0)", **record}
+    tolerance = 2 * math.sqrt(r1[top] * (1 - r1[top]) / (2 * n_val))
+    near = [tau for tau in r1 if r1[tau] >= r1[top] - tolerance]
+    gap = {tau: mean_gap(validation[tau]) for tau in near}
+    best = min(near, key=lambda tau: (gap[tau], -r1[tau], tau))
+    criterion = (
+        "among the τ whose mean validation R@1 (text->image, audio->image; seed 0) is within 2 standard errors "
+        "of the best, the smallest mean modality gap to the image anchor"
+    )
+    return best, {
+        "criterion": criterion,
+        **record,
+        "tolerance": tolerance,
+        "gap": {f"{t:g}": g for t, g in gap.items()},
+    }
 
 
 @dataclass(frozen=True)
@@ -124,6 +167,7 @@ class MiniBuild:
         self.record_path = self.paths.work / "stages.json"
         self.record: dict[str, Any] = self._read_record()
         self._keys: dict[str, str] = {}
+        self._train_keys: dict[str, str] = {}
 
     def _checkpoints(self, stage: str) -> Path:
         """``WORK/checkpoints/<stage>-<recipe hash>``: an interrupted stage resumes only with the same recipe (a
@@ -136,9 +180,9 @@ class MiniBuild:
             "world": (("seed", "train_items", "test_items"), self.world),
             "towers": (("seed", "train_items", *TOWER_FIELDS), self.towers),
             "features": (("seed", "train_items", "test_items", *TOWER_FIELDS), self.features),
-            "heads": (("seed", "train_items", *TOWER_FIELDS, "objectives", *HEAD_FIELDS), self.heads),
+            "heads": (("seed", "train_items", *TOWER_FIELDS, "objectives", *HEAD_FIELDS, "tau_selection"), self.heads),
             "ablations": (
-                ("seed", "train_items", *TOWER_FIELDS, "objectives", *HEAD_FIELDS, "ablations"),
+                ("seed", "train_items", *TOWER_FIELDS, "objectives", *HEAD_FIELDS, "tau_selection", "ablations"),
                 self.ablations,
             ),
             "autoencoder": (("seed", "train_items", *AUTOENCODER_FIELDS), self.autoencoder),
@@ -160,6 +204,8 @@ class MiniBuild:
                 continue
             started = time.perf_counter()
             self._keys[stage] = key
+            # what a trained head folder depends on: the stage's fields but how τ is chosen among them
+            self._train_keys[stage] = self.recipe.stage_hash(*(f for f in depends if f not in SELECTION_FIELDS))
             with FolderLock(self.paths.work, f"stage-{stage}"):  # another process may run another stage, not this one
                 step()
             # re-read first: stages may run in parallel processes (e.g. ``--stages decoder`` beside ``heads``)
@@ -234,20 +280,13 @@ class MiniBuild:
             )
 
     def heads(self) -> None:
-        """Per objective: seed 0 at every candidate τ, the τ with the best validation R@1 (mean of text→image and
-        audio→image on the trainer's held-out split of the training set), then the other seeds at that τ."""
+        """Per objective: seed 0 at every candidate τ, the τ of :func:`select_tau` on the trainer's held-out split
+        of the training set, then the other seeds at that τ."""
         r = self.recipe
         for objective in r.objectives:
-            scores = {tau: self._train_head(objective, r.head_seeds[0], tau) for tau in r.head_taus}
-            best = max(scores, key=lambda tau: (scores[tau], -tau))
-            write_json_atomic(
-                self.paths.selection(objective),
-                {
-                    "tau": best,
-                    "criterion": "mean validation R@1 text->image, audio->image (seed 0)",
-                    "validation": {f"{t:g}": v for t, v in scores.items()},
-                },
-            )
+            validation = {tau: self._train_head(objective, r.head_seeds[0], tau) for tau in r.head_taus}
+            best, record = select_tau(validation, r.head_val, r.tau_selection)
+            write_json_atomic(self.paths.selection(objective), {"tau": best, **record})
             for seed in r.head_seeds[1:]:
                 self._train_head(objective, seed, best)
 
@@ -262,8 +301,8 @@ class MiniBuild:
             raise ConfigError(f"the ablations vary {ABLATED}, which this recipe does not train; add it to objectives.")
         tau = json.loads(self.paths.selection(ABLATED).read_text(encoding="utf-8"))["tau"]
         for variant, params in r.ablations.items():
-            scores = {seed: self._train_head(variant, seed, tau, stage="ablations", objective=ABLATED, extra=params)
-                      for seed in r.head_seeds}  # fmt: skip
+            scores = {seed: mean_r1(self._train_head(variant, seed, tau, stage="ablations", objective=ABLATED,
+                                                     extra=params)) for seed in r.head_seeds}  # fmt: skip
             write_json_atomic(
                 self.paths.selection(variant),
                 {"tau": tau, "criterion": f"the τ selected for {ABLATED}", "variant_of": ABLATED, "params": params,
@@ -279,9 +318,9 @@ class MiniBuild:
         stage: str = "heads",
         objective: str | None = None,
         extra: dict[str, Any] | None = None,
-    ) -> float:
-        """Train (or reuse) one head set in ``heads/<name>``; returns its final validation R@1 (mean over text and
-        audio → image). ``objective`` (default ``name``) with ``extra`` parameters is what trains.
+    ) -> dict[str, float]:
+        """Train (or reuse) one head set in ``heads/<name>``; returns its final validation metrics.
+        ``objective`` (default ``name``) with ``extra`` parameters is what trains.
 
         A head folder is reused (or resumed) only when its ``recipe.json`` names this stage's hash: one left by
         another recipe (other epochs, lr, towers, ...) is removed and trained again."""
@@ -292,7 +331,7 @@ class MiniBuild:
         objective = objective or name
         out = self.paths.heads(name, seed, tau)
         summary_file, marker = out / "train_summary.json", out / "recipe.json"
-        key = self._keys[stage]
+        key = self._train_keys[stage]
         if out.exists() and _stage_hash_in(marker) != key:
             shutil.rmtree(out)
         if not summary_file.is_file():
@@ -312,8 +351,7 @@ class MiniBuild:
                 log_every=50,
             ).validate()
             Trainer(config).fit(resume=any(out.glob("checkpoints/*")), progress=self.progress)
-        validation = json.loads(summary_file.read_text(encoding="utf-8"))["history"][-1]["validation"]
-        return (validation["R@1/text->image"] + validation["R@1/audio->image"]) / 2
+        return json.loads(summary_file.read_text(encoding="utf-8"))["history"][-1]["validation"]
 
     def autoencoder(self) -> None:
         """The latent decoder's autoencoder (nothing for a recipe whose decoder works on the pixels)."""

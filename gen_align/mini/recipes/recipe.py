@@ -74,6 +74,10 @@ class MiniRecipe:
     # negated image embeddings (cos −0.42 for every test pair, R@1 0; docs/mini.md)
     head_residual: tuple[str, ...] = ("text",)
     head_val: int = 512
+    # how heads() picks τ per objective: "r1" = the best validation R@1 (mean of text→image, audio→image);
+    # "r1-then-gap" = among the τ within 2 standard errors of that best R@1, the smallest validation modality gap to
+    # the image anchor (the decoder reads image-like embeddings; R@1 alone cannot tell those τ apart, docs/mini.md)
+    tau_selection: str = "r1-then-gap"
     ablations: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in ABLATIONS.items()})
 
     def to_dict(self) -> dict[str, Any]:
