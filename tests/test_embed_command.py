@@ -71,17 +71,24 @@ def test_a_rerun_resumes_and_bad_options_exit_2(world, embedded, capsys):
 
 
 def test_heads_from_the_command_line_on_the_mini_worlds_embeddings(world, embedded, tmp_path):
-    """embed → retrieve train-head (GARE, GraviAlign) → search --rerank → eval --head, offline, manifest ids."""
+    """embed → retrieve train-head (GARE, GraviAlign) → search --rerank (each re-ranker) → eval --head, offline,
+    answering with manifest ids."""
     base = ["retrieve", "train-head", "--embeddings", str(embedded), "--query", "text", "--gallery", "image"]
     for kind in ("gare", "gravi"):
         assert main([*base, "--head", kind, "--out", str(tmp_path / kind), "--epochs", "2"]) == 0
     index = tmp_path / "image.index"
     assert main(["retrieve", "index", "--embeddings", str(embedded), "--modality", "image", "--out", str(index)]) == 0
     ids = read_embedding_ids(embedded)
-    for kind in ("gare", "gravi"):
+    rerankers = {
+        "gare": ["--head", str(tmp_path / "gare")],
+        "gravi": ["--head", str(tmp_path / "gravi")],
+        "volume": ["--with", "audio"],  # GRAM's volume of (text query, image, audio) tuples
+        "invgc": ["--train-embeddings", str(embedded)],  # the banks; rates tuned on a validation split of them
+    }
+    for kind, extra in rerankers.items():
         out = tmp_path / f"{kind}.json"
         argv = ["retrieve", "search", "--index", str(index), "--queries", str(embedded), "--modality", "text"]
-        assert main([*argv, "--k", "2", "--rerank", kind, "--head", str(tmp_path / kind), "--out", str(out)]) == 0
+        assert main([*argv, "--k", "2", "--rerank", kind, *extra, "--out", str(out)]) == 0
         results = json.loads(out.read_text())["results"]
         assert [r["query"] for r in results] == ids and all(set(r["ids"]) <= set(ids) for r in results)
     argv = ["retrieve", "eval", "--embeddings", str(embedded), "--query", "text", "--gallery", "image"]
