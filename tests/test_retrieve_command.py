@@ -249,3 +249,15 @@ def test_eval_with_heads_adds_full_and_two_stage_rows(heads, files, tmp_path):
     assert values["methods"]["GARE two-stage"]["coverage"]["K"] == 10
     table = (tmp_path / "e" / "retrieval.md").read_text()
     assert "| GARE two-stage | 10 |" in table and "deviation P95" in table
+
+
+def test_an_index_without_norms_asks_to_be_rebuilt_for_a_head(heads, files, tmp_path, capsys):
+    test_file, idx = str(files["root"] / "test.safetensors"), tmp_path / "idx"
+    assert cli.main(["retrieve", "index", "--embeddings", test_file, "--modality", "audio", "--out", str(idx)]) == 0
+    meta = json.loads((idx / "index.json").read_text())
+    assert meta["norms"] == pytest.approx(files["audio"].norm(dim=1).tolist())
+    del meta["norms"]  # an index written before the norms were kept
+    (idx / "index.json").write_text(json.dumps(meta))
+    argv = ["retrieve", "search", "--index", str(idx), "--queries", test_file, "--modality", "text"]
+    assert cli.main([*argv, "--rerank", "gare", "--head", str(heads / "gare"), "--out", str(tmp_path / "o")]) == 2
+    assert "rebuild it" in capsys.readouterr().err
