@@ -175,3 +175,19 @@ def test_evaluate_retrieval_has_every_row(data):
     report = evaluate_retrieval(*args, heads={"GARE": head}, candidates=10, rates=(0.1, 0.1))
     assert list(report)[-7:] == ["+InvGC w/ LocalAdj", "+IS", "+QB-Norm", "+DBNorm", "+DSL", "GARE", "GARE two-stage"]
     assert all(set(entry["metrics"]) >= {"R@1", "R@5", "R@10", "MdR", "MnR"} for entry in report.values())
+
+
+def test_every_row_takes_multi_positive_ground_truth(data):
+    """Positives = every gallery item of the query's class (here: rows grouped by index mod 6)."""
+    classes = torch.arange(60) % 6
+    gt = classes[:, None] == classes[None, :]
+    torch.manual_seed(0)
+    head = GAREHead(GAREConfig(dim=12, num_heads=2)).double()
+    args = (data["query"], data["gallery"], data["train_query"], data["train_gallery"])
+    report = evaluate_retrieval(*args, heads={"GARE": head}, candidates=10, rates=(0.1, 0.1), gt=gt)
+    q = torch.from_numpy(normalise(data["query"].numpy()))
+    g = torch.from_numpy(normalise(data["gallery"].numpy()))
+    assert report["cosine"]["metrics"] == pytest.approx(retrieval_metrics(q @ g.T, gt))
+    assert report["+DSL"]["metrics"] == pytest.approx(retrieval_metrics(dual_softmax(q @ g.T), gt))
+    assert report["GARE"]["metrics"] == pytest.approx(retrieval_metrics(head.score(data["query"], data["gallery"]), gt))
+    assert report["cosine"]["metrics"]["R@1"] > evaluate_retrieval(*args, rates=(0.1, 0.1))["cosine"]["metrics"]["R@1"]

@@ -33,7 +33,7 @@ from gen_align.diagnostics import similarity_measures
 from gen_align.errors import ConfigError, EmbeddingError
 from gen_align.retrieval.head_training import RetrievalHead
 from gen_align.retrieval.invgc import DEFAULT_R_GRID, check_rate, invgc, neighbour_count, tune_invgc
-from gen_align.retrieval.metrics import retrieval_metrics
+from gen_align.retrieval.metrics import GroundTruth, retrieval_metrics
 from gen_align.retrieval.score_normalization import db_norm, dual_softmax, inverted_softmax, querybank_norm
 from gen_align.tensors import as_embeddings, unit
 
@@ -111,10 +111,12 @@ def compare_postprocessing(
     backend: str = "auto",
     block_size: int = 4096,
     chunk_size: int = 1024,
+    gt: GroundTruth = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics of ``query[i]`` → ``gallery[i]`` by cosine, and by cosine against the gallery post-processed by
-    AvgPool (each p of ``avgpool_percents``), InvGC and InvGC w/ LocalAdj (``k_percent``), which need the paired
-    train banks.
+    """Metrics of ``query[i]`` → ``gallery[i]`` (or the positives of ``gt``, as in
+    :func:`~gen_align.retrieval.metrics.retrieval_metrics`) by cosine, and by cosine against the gallery
+    post-processed by AvgPool (each p of ``avgpool_percents``), InvGC and InvGC w/ LocalAdj (``k_percent``), which
+    need the paired train banks.
 
     (r_g, r_q) = ``rates`` for every method, or tuned per method with :func:`~gen_align.retrieval.invgc.tune_invgc`
     on a validation split (:func:`validation_split`); the final gallery is then processed against all train pairs.
@@ -125,7 +127,7 @@ def compare_postprocessing(
         processed = processed.to(q.dtype)
         rows_fn = lambda rows: q[rows] @ processed.mT  # noqa: E731
         return {
-            "metrics": retrieval_metrics(rows_fn, None, num_queries=q.shape[0], chunk_size=chunk_size),
+            "metrics": retrieval_metrics(rows_fn, gt, num_queries=q.shape[0], chunk_size=chunk_size),
             **_tables(processed, q, block_size),
         }
 
@@ -164,11 +166,16 @@ def compare_postprocessing(
 
 @torch.no_grad()
 def compare_score_normalizations(
-    query: Array, gallery: Array, train_query: Array | None = None, train_gallery: Array | None = None
+    query: Array,
+    gallery: Array,
+    train_query: Array | None = None,
+    train_gallery: Array | None = None,
+    *,
+    gt: GroundTruth = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics of the cosine scores after IS, QB-Norm and DBNorm (banks: the train queries and train gallery
-    scored against the test gallery; skipped without them) and dual softmax (the test scores alone), each at the
-    defaults of :mod:`gen_align.retrieval.score_normalization`."""
+    """Metrics (positives: ``gt``) of the cosine scores after IS, QB-Norm and DBNorm (banks: the train queries and
+    train gallery scored against the test gallery; skipped without them) and dual softmax (the test scores alone),
+    each at the defaults of :mod:`gen_align.retrieval.score_normalization`."""
     q, g = _pair(query, gallery)
     scores = q @ g.mT
     normalized = {"+DSL": dual_softmax(scores)}
@@ -182,7 +189,7 @@ def compare_score_normalizations(
             "+DBNorm": db_norm(scores, query_bank, gallery_bank),
             **normalized,
         }
-    return {name: {"kind": "scores", "metrics": retrieval_metrics(s)} for name, s in normalized.items()}
+    return {name: {"kind": "scores", "metrics": retrieval_metrics(s, gt)} for name, s in normalized.items()}
 
 
 def two_stage_ranking(static: torch.Tensor, candidates: torch.Tensor, rescored: torch.Tensor) -> torch.Tensor:
@@ -202,11 +209,12 @@ def compare_heads(
     *,
     candidates: int = 100,
     top: int = 10,
+    gt: GroundTruth = None,
 ) -> dict[str, dict[str, Any]]:
-    """For each trained head: metrics over the whole gallery (``NAME``) and of a two-stage search (``NAME
-    two-stage``: cosine top-``candidates``, re-ranked by the head), with the coverage C_K of the head's
-    top-``top`` inside the cosine top-K, and for GARE the deviation |s − cos| over all pairs (mean, P95, max).
-    ``query`` and ``gallery`` are passed to the heads as given (GARE keeps their norms)."""
+    """For each trained head: metrics (positives: ``gt``) over the whole gallery (``NAME``) and of a two-stage
+    search (``NAME two-stage``: cosine top-``candidates``, re-ranked by the head), with the coverage C_K of the
+    head's top-``top`` inside the cosine top-K, and for GARE the deviation |s − cos| over all pairs (mean, P95,
+    max). ``query`` and ``gallery`` are passed to the heads as given (GARE keeps their norms)."""
     integer(candidates, "candidates")
     integer(top, "top")
     q, g = _pair(query, gallery)
@@ -218,7 +226,7 @@ def compare_heads(
         full = head.score(query, gallery).to(static.dtype)
         best = full.topk(min(top, g.shape[0]), dim=1).indices
         covered = (best.unsqueeze(2) == shortlist.unsqueeze(1)).any(dim=2).double().mean()
-        entry: dict[str, Any] = {"kind": "head", "head": head.kind, "metrics": retrieval_metrics(full)}
+        entry: dict[str, Any] = {"kind": "head", "head": head.kind, "metrics": retrieval_metrics(full, gt)}
         if head.kind == "gare":
             deviation = (full - static).abs().flatten().double().cpu().numpy()
             entry["deviation"] = {
@@ -233,7 +241,7 @@ def compare_heads(
             "head": head.kind,
             "candidates": k,
             "coverage": {"K": k, "top": min(top, g.shape[0]), "C_K": float(covered)},
-            "metrics": retrieval_metrics(ranking),
+            "metrics": retrieval_metrics(ranking, gt),
         }
     return out
 
@@ -246,12 +254,14 @@ def evaluate_retrieval(
     *,
     heads: Mapping[str, RetrievalHead] | None = None,
     candidates: int = 100,
+    gt: GroundTruth = None,
     **postprocessing: Any,
 ) -> dict[str, dict[str, Any]]:
     """Every row of the module docstring: :func:`compare_postprocessing` (``postprocessing`` are its keyword
-    arguments), :func:`compare_score_normalizations` and :func:`compare_heads`, in that order."""
-    report = compare_postprocessing(query, gallery, train_query, train_gallery, **postprocessing)
-    report |= compare_score_normalizations(query, gallery, train_query, train_gallery)
+    arguments), :func:`compare_score_normalizations` and :func:`compare_heads`, in that order; ``gt`` the positives
+    of every test query (default: gallery item i for query i)."""
+    report = compare_postprocessing(query, gallery, train_query, train_gallery, gt=gt, **postprocessing)
+    report |= compare_score_normalizations(query, gallery, train_query, train_gallery, gt=gt)
     if heads:
-        report |= compare_heads(query, gallery, heads, candidates=candidates)
+        report |= compare_heads(query, gallery, heads, candidates=candidates, gt=gt)
     return report
