@@ -9,7 +9,7 @@ of ``--space`` are written under W/retrieval). Plain cosine, AvgPool / InvGC / L
 validation split of the train pairs, seed 0) and the score normalisations are deterministic; the heads (GARE with
 Δ on either side, GraviAlign) are trained once per seed on the train pairs and reported as mean ± std over seeds.
 Writes ``mini_retrieval.json`` and ``mini_retrieval.md`` into ``--out``. The published run (2026-12-04, 2 threads,
-the machine otherwise quiet): 1014 s, most of it the 12 GARE trainings (≈ 2 min each).
+the machine otherwise quiet): 963 s, most of it the 12 GARE trainings (≈ 2 min each).
 """
 
 from __future__ import annotations
