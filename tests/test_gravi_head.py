@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from gen_align.errors import CheckpointError, ConfigError, EmbeddingError
+from gen_align.errors import CheckpointError, ConfigError, EmbeddingError, InputDataError
 from gen_align.retrieval.gare import GAREHead
 from gen_align.retrieval.gravi_head import GraviAlignConfig, GraviAlignHead
 from gen_align.retrieval.head_training import load_head, train_head
@@ -185,6 +185,20 @@ def test_bad_inputs_raise_clear_errors():
         head.encode(torch.randn(2, 5), "video")
     with pytest.raises(EmbeddingError, match="shape \\(B, d\\)"):
         head.score(torch.randn(5).double(), torch.randn(2, 4).double())
+    queries, gallery = torch.randn(2, 5).double(), torch.randn(3, 4).double()
+    with pytest.raises(InputDataError, match=r"\[0, 3\)"):
+        head.rerank(queries, gallery, torch.tensor([[0, 3], [1, 2]]))
+    with pytest.raises(InputDataError, match=r"\(2, K\)"):
+        head.rerank(queries, gallery, torch.tensor([[0, 1]]))
+
+
+def test_rerank_scores_equal_the_full_matrix_at_the_candidates():
+    head = random_head()
+    queries, gallery = torch.randn(4, 5).double(), torch.randn(6, 4).double()
+    candidates = torch.tensor([[5, 0], [2, 2], [1, 4], [3, 0]])
+    torch.testing.assert_close(
+        head.rerank(queries, gallery, candidates), head.score(queries, gallery).gather(1, candidates)
+    )
 
 
 def test_train_head_on_a_tiny_set_keeps_two_pairs_per_batch():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gen_align.diagnostics import degeneration_score, similarity_measures
-from gen_align.errors import ConfigError
+from gen_align.errors import ConfigError, EmbeddingError
 from gen_align.retrieval.evaluation import (
     AVGPOOL_PERCENTS,
     compare_heads,
@@ -191,3 +191,12 @@ def test_every_row_takes_multi_positive_ground_truth(data):
     assert report["+DSL"]["metrics"] == pytest.approx(retrieval_metrics(dual_softmax(q @ g.T), gt))
     assert report["GARE"]["metrics"] == pytest.approx(retrieval_metrics(head.score(data["query"], data["gallery"]), gt))
     assert report["cosine"]["metrics"]["R@1"] > evaluate_retrieval(*args, rates=(0.1, 0.1))["cosine"]["metrics"]["R@1"]
+
+
+def test_similarity_measures_refuse_bad_inputs(data):
+    with pytest.raises(ConfigError, match="at least one pair"):
+        similarity_measures(data["gallery"][:1])  # one row has no neighbour but itself
+    with pytest.raises(EmbeddingError, match="dimension|d"):
+        similarity_measures(data["gallery"], data["query"][:, :5])
+    with pytest.raises(ConfigError, match="k"):
+        similarity_measures(data["gallery"], ks=(0,))

@@ -128,7 +128,9 @@ def run_search(args: argparse.Namespace) -> int:
         if candidates > index.count:
             raise ConfigError(f"--candidates {candidates} exceeds the {index.count} indexed items; lower it.")
         rescore, settings = _rescorer(args, index, queries)
-        scores, positions = two_stage_search(index, queries, args.k, candidates, rescore)
+        # a head reads the whole gallery on every call (and chunks its queries itself): call it once
+        chunk = len(queries) if args.rerank in ("gare", "gravi") else 256
+        scores, positions = two_stage_search(index, queries, args.k, candidates, rescore, chunk_size=chunk)
         summary["rerank"] = {"method": args.rerank, "candidates": candidates, **settings}
     ids = index.ids_of(positions)
     results = [
